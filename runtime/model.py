@@ -1,0 +1,193 @@
+"""The transformer: hyperparameters from GGUF metadata, weights from the map, forward pass.
+
+One decoder serves the LLaMA family and its close relatives; each architecture is a
+set of switches on the same block (biases on q/k/v, norms on q and k, norms after
+attention and FFN, a GELU gate, sliding-window layers). All arithmetic goes through
+the backend (runtime/backend_numpy.py documents the interface).
+"""
+
+import math
+
+from runtime import ggml_types
+from runtime.backend_numpy import RopeParams
+from runtime.errors import UserError
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+
+# llama.cpp rotates adjacent pairs for these (their GGUF q/k weights are permuted to
+# match) and uses the NeoX half-split layout for the rest.
+_NORMAL_ROPE = ("llama", "mistral")
+
+
+class Config:
+    """Hyperparameters, read from `{arch}.*` metadata keys."""
+
+    def __init__(self, gguf):
+        arch = gguf.architecture
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UserError(f"{gguf.source}: unsupported model architecture {arch!r}; "
+                            f"llamazip runs: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        key = gguf.arch_key
+        self.arch = arch
+        try:
+            self.n_layers = int(key("block_count"))
+            self.dim = int(key("embedding_length"))
+            self.n_heads = int(key("attention.head_count"))
+            ffn = key("feed_forward_length")
+        except (TypeError, ValueError):
+            raise UserError(f"{gguf.source}: missing {arch}.block_count / embedding_length / "
+                            "attention.head_count metadata; the GGUF is incomplete") from None
+        self.ffn_dim = int(ffn[0] if isinstance(ffn, list) else ffn)
+        kv = key("attention.head_count_kv", self.n_heads)
+        self.n_kv_heads = int(kv[0] if isinstance(kv, list) else kv)
+        self.head_dim = int(key("attention.key_length", self.dim // self.n_heads))
+        self.eps = float(key("attention.layer_norm_rms_epsilon", 1e-5))
+        self.n_ctx_train = int(key("context_length", 2048))
+        tokens = gguf.get("tokenizer.ggml.tokens")
+        self.vocab_size = int(key("vocab_size", len(tokens) if tokens else 0))
+
+        self.n_rot = int(key("rope.dimension_count", self.head_dim))
+        self.rope_base = float(key("rope.freq_base", 10000.0))
+        scaling = key("rope.scaling.type", "none")
+        factor = float(key("rope.scaling.factor", 0.0) or 0.0)
+        self.rope_scale = 1.0 / factor if scaling == "linear" and factor > 0 else 1.0
+        self.rope_neox = arch not in _NORMAL_ROPE
+
+        self.window = int(key("attention.sliding_window", 0) or 0)
+        # Gemma 3: five local (sliding-window, base 10k) layers, then one global.
+        self.window_pattern = 6 if arch == "gemma3" else (1 if self.window else 0)
+        self.rope_base_local = 10000.0 if arch == "gemma3" else self.rope_base
+
+        self.embed_scale = math.sqrt(self.dim) if arch == "gemma3" else 1.0
+        self.gelu_ffn = arch == "gemma3"
+        self.attn_scale = 1.0 / math.sqrt(self.head_dim)
+
+    def layer_is_local(self, layer):
+        """Whether `layer` attends only to the last `window` positions."""
+        if not self.window or not self.window_pattern:
+            return False
+        if self.window_pattern == 1:
+            return True
+        return layer % self.window_pattern < self.window_pattern - 1
+
+
+class LayerWeights:
+    def __init__(self, load, optional, i):
+        p = f"blk.{i}."
+        self.attn_norm = load(p + "attn_norm.weight")
+        self.wq = load(p + "attn_q.weight")
+        self.wk = load(p + "attn_k.weight")
+        self.wv = load(p + "attn_v.weight")
+        self.wo = load(p + "attn_output.weight")
+        self.bq = optional(p + "attn_q.bias")
+        self.bk = optional(p + "attn_k.bias")
+        self.bv = optional(p + "attn_v.bias")
+        self.q_norm = optional(p + "attn_q_norm.weight")
+        self.k_norm = optional(p + "attn_k_norm.weight")
+        self.attn_post_norm = optional(p + "post_attention_norm.weight")
+        self.ffn_norm = load(p + "ffn_norm.weight")
+        self.w_gate = load(p + "ffn_gate.weight")
+        self.w_up = load(p + "ffn_up.weight")
+        self.w_down = load(p + "ffn_down.weight")
+        self.ffn_post_norm = optional(p + "post_ffw_norm.weight")
+
+
+class Model:
+    """Weights (quantized, in the map) plus the forward pass over a KV cache."""
+
+    def __init__(self, gguf, backend, n_ctx=None):
+        self.config = cfg = Config(gguf)
+        self.backend = backend
+        self.gguf = gguf
+        gguf.check_tensors()
+
+        def load(name):
+            if name not in gguf.tensors:
+                raise UserError(f"{gguf.source}: tensor {name!r} is missing; "
+                                f"the GGUF is not a complete {cfg.arch} model")
+            return backend.weight(gguf, name)
+
+        def optional(name):
+            return backend.weight(gguf, name) if name in gguf.tensors else None
+
+        self.tok_embd = load("token_embd.weight")
+        self.layers = [LayerWeights(load, optional, i) for i in range(cfg.n_layers)]
+        self.output_norm = load("output_norm.weight")
+        # Tied embeddings: the output projection reuses the token embedding.
+        self.output = optional("output.weight") or self.tok_embd
+        freq_factors = None
+        if "rope_freqs.weight" in gguf.tensors:
+            freq_factors = _f32_values(gguf, "rope_freqs.weight")
+        self.rope_global = RopeParams(cfg.n_rot, cfg.rope_base, cfg.rope_scale, cfg.rope_neox,
+                                      freq_factors)
+        self.rope_local = RopeParams(cfg.n_rot, cfg.rope_base_local, cfg.rope_scale,
+                                     cfg.rope_neox, freq_factors)
+
+        # Like llama.cpp: -c 0 or none means the training context, capped to keep the cache modest.
+        self.n_ctx = int(n_ctx) if n_ctx else min(cfg.n_ctx_train, 4096)
+        self.cache = backend.kv_cache(cfg.n_layers, self.n_ctx, cfg.n_kv_heads * cfg.head_dim)
+
+    def forward(self, tokens, pos0, last_only=True):
+        """Run `tokens` at positions pos0.. through the model, filling the KV cache.
+
+        Returns logits (backend activations): one row per token, or only the last
+        row when `last_only` (generation needs nothing else).
+        """
+        cfg, b = self.config, self.backend
+        if pos0 + len(tokens) > self.n_ctx:
+            raise UserError(f"{pos0 + len(tokens)} tokens do not fit in the context of "
+                            f"{self.n_ctx}; raise -c or shorten the prompt")
+        x = b.embed(self.tok_embd, tokens)
+        if cfg.embed_scale != 1.0:
+            b.scale(x, cfg.embed_scale)
+        for i, layer in enumerate(self.layers):
+            h = b.rmsnorm(x, layer.attn_norm, cfg.eps)
+            h = self.attention(h, layer, i, pos0)
+            if layer.attn_post_norm is not None:
+                h = b.rmsnorm(h, layer.attn_post_norm, cfg.eps)
+            b.add(x, h)
+            h = b.rmsnorm(x, layer.ffn_norm, cfg.eps)
+            h = self.feed_forward(h, layer)
+            if layer.ffn_post_norm is not None:
+                h = b.rmsnorm(h, layer.ffn_post_norm, cfg.eps)
+            b.add(x, h)
+        if last_only:
+            x = b.take_rows(x, len(tokens) - 1, len(tokens))
+        x = b.rmsnorm(x, self.output_norm, cfg.eps)
+        return b.matmul(x, self.output)
+
+    def attention(self, h, layer, i, pos0):
+        cfg, b = self.config, self.backend
+        q = b.matmul(h, layer.wq)
+        k = b.matmul(h, layer.wk)
+        v = b.matmul(h, layer.wv)
+        if layer.bq is not None:
+            b.add_bias(q, layer.bq)
+            b.add_bias(k, layer.bk)
+            b.add_bias(v, layer.bv)
+        if layer.q_norm is not None:
+            q = b.rmsnorm(q, layer.q_norm, cfg.eps)
+            k = b.rmsnorm(k, layer.k_norm, cfg.eps)
+        local = cfg.layer_is_local(i)
+        rope = self.rope_local if local else self.rope_global
+        b.rope(q, pos0, cfg.n_heads, cfg.head_dim, rope)
+        b.rope(k, pos0, cfg.n_kv_heads, cfg.head_dim, rope)
+        o = b.attention(q, k, v, self.cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
+                        cfg.head_dim, cfg.attn_scale, cfg.window if local else 0)
+        return b.matmul(o, layer.wo)
+
+    def feed_forward(self, h, layer):
+        b = self.backend
+        gate = b.matmul(h, layer.w_gate)
+        up = b.matmul(h, layer.w_up)
+        act = b.geglu(gate, up) if self.config.gelu_ffn else b.swiglu(gate, up)
+        return b.matmul(act, layer.w_down)
+
+
+def _f32_values(gguf, name):
+    import struct
+    info = gguf.tensors[name]
+    if info.type != ggml_types.F32:
+        raise UserError(f"{gguf.source}: {name} must be F32")
+    raw = gguf.tensor_bytes(name)
+    return list(struct.unpack("<%df" % info.n_elements, raw))
