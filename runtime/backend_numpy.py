@@ -32,6 +32,8 @@ Operations (all a backend must provide):
     take_rows(X, start, stop) -> X[start:stop]
     to_floats(X) -> list of rows, each a sequence of floats (for sampling and tests)
     argmax_rows(X) -> list[int]
+    logprobs_rows(X, targets) -> list[float]             log softmax(row i)[targets[i]] for
+                                                         each row (perplexity)
 
 Numerics every backend must reproduce (they are llama.cpp's, and greedy decoding
 matches llama.cpp token for token only with them; see quantize_activations and
@@ -460,6 +462,13 @@ class NumpyBackend:
 
     def to_floats(self, x):
         return [row.tolist() for row in x]
+
+    def logprobs_rows(self, x, targets):
+        rows = x.astype(np.float64)
+        top = rows.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
+        picked = rows[np.arange(len(targets)), np.asarray(targets)]
+        return (picked - lse).tolist()
 
     def argmax_rows(self, x):
         return [int(i) for i in np.argmax(x, axis=1)]

@@ -1,0 +1,206 @@
+"""Command line: the same flags on a bare GGUF (`python -m runtime -m x.gguf`) and in
+the bundled file. Flag names follow llama.cpp. stdout carries only the answer (the
+completion, the token ids, the perplexity line); everything else goes to stderr.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from runtime.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def build_parser():
+    p = _Parser(prog="llamazip", description="Run a GGUF language model on the CPU.",
+                allow_abbrev=False)
+    p.add_argument("-m", "--model", help="path of a .gguf model")
+    p.add_argument("-p", "--prompt", help="prompt text")
+    p.add_argument("-f", "--file", help="read the prompt (or perplexity text) from a file")
+    p.add_argument("-n", "--n-predict", type=int, default=-1,
+                   help="tokens to generate (-1: until end of text or full context)")
+    p.add_argument("-c", "--ctx-size", type=int, default=0,
+                   help="context size in tokens (0: the model's, at most 4096)")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt batch size")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads (0: all cores)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1: random)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--tokenize", action="store_true", help="print the prompt's token ids as JSON")
+    p.add_argument("--perplexity", action="store_true", help="perplexity of the -f text")
+    p.add_argument("--info", action="store_true", help="print model facts and the kernel choice")
+    p.add_argument("--backend", default=os.environ.get("LLAMAZIP_BACKEND", "auto"),
+                   choices=("auto", "c", "numpy"), help="compute backend (default: auto)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def load_backend(name, n_threads):
+    """The C kernels when they load here; the NumPy oracle as the fallback."""
+    if name in ("auto", "c"):
+        try:
+            from runtime.backend_c import CBackend
+            return CBackend(n_threads=n_threads)
+        except (ImportError, OSError, UserError) as e:
+            if name == "c":
+                raise UserError(f"the C kernels cannot be used here: {e}") from None
+            reason = str(e)
+    try:
+        from runtime.backend_numpy import NumpyBackend
+    except ImportError:
+        raise UserError(f"no compute backend: the C kernels failed ({reason}) and numpy is "
+                        "not installed; build the kernels with `python kernels/build.py`") from None
+    return NumpyBackend(n_threads=n_threads)
+
+
+def read_prompt(args):
+    if args.file:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read {args.file}: {e.strerror}") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{args.file} is not UTF-8 text (byte {e.start}); "
+                            "convert it to UTF-8") from None
+    return args.prompt
+
+
+def open_model(args, model_region=None):
+    """Parse the GGUF (a file, or a region of the bundle) and build tokenizer and model."""
+    from runtime.gguf import GGUFFile
+    if model_region is not None:
+        path, offset, length = model_region
+        gguf = GGUFFile.open(path, offset, length)
+    else:
+        if not args.model:
+            raise UserError("no model given; pass -m MODEL.gguf")
+        gguf = GGUFFile.open(args.model)
+    return gguf
+
+
+def make_session(args, gguf):
+    from runtime.model import Config, Model
+    from runtime.session import Session
+    from runtime.tokenizer import Tokenizer
+    Config(gguf)  # unsupported architectures fail before any heavy work
+    tokenizer = Tokenizer.from_gguf(gguf)
+    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
+    backend = load_backend(args.backend, threads)
+    if args.verbose:
+        print(f"backend: {backend.describe()}", file=sys.stderr)
+    model = Model(gguf, backend, n_ctx=args.ctx_size)
+    return Session(model, tokenizer, batch_size=args.batch_size)
+
+
+def sampling_params(args):
+    from runtime.sampling import SamplingParams
+    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                          min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                          repeat_last_n=args.repeat_last_n,
+                          presence_penalty=args.presence_penalty,
+                          frequency_penalty=args.frequency_penalty, seed=args.seed)
+
+
+def cmd_tokenize(args, gguf):
+    from runtime.tokenizer import Tokenizer
+    text = read_prompt(args)
+    if text is None:
+        raise UserError("--tokenize needs -p TEXT or -f FILE")
+    ids = Tokenizer.from_gguf(gguf).encode(text, add_special=True, parse_special=True)
+    print(json.dumps(ids))
+    return 0
+
+
+def cmd_perplexity(args, gguf):
+    from runtime.perplexity import perplexity
+    text = read_prompt(args)
+    if text is None:
+        raise UserError("--perplexity needs -f FILE")
+    n_ctx = args.ctx_size or 512
+    args.ctx_size = n_ctx
+    session = make_session(args, gguf)
+    ppl, err = perplexity(session, text, n_ctx)
+    print(f"PPL = {ppl:.4f} +/- {err:.4f}")
+    return 0
+
+
+def cmd_info(args, gguf):
+    from runtime import ggml_types
+    meta = {k: v for k, v in gguf.metadata.items()
+            if not (isinstance(v, list) and len(v) > 16)}
+    types = {}
+    for t in gguf.tensors.values():
+        name = ggml_types.type_name(t.type)
+        types[name] = types.get(name, 0) + 1
+    info = {"model": gguf.source, "gguf_version": gguf.version, "tensors": len(gguf.tensors),
+            "tensor_types": types, "metadata": meta}
+    try:
+        from runtime import kernels
+        info["kernels"] = kernels.describe()
+    except Exception as e:  # no kernels for this machine: say so rather than fail --info
+        info["kernels"] = f"unavailable: {e}"
+    print(json.dumps(info, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_complete(args, gguf):
+    prompt = read_prompt(args)
+    if prompt is None:
+        raise UserError("no prompt; pass -p TEXT or -f FILE")
+    session = make_session(args, gguf)
+    tokens = session.tokenizer.encode(prompt, add_special=True, parse_special=True)
+    out = sys.stdout
+    for piece in session.generate(tokens, sampling_params(args), args.n_predict, args.stop):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    t = session.timings
+    if args.verbose:
+        print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_per_second:.1f} t/s; "
+              f"generation: {t.generated_tokens} tokens, {t.generate_per_second:.1f} t/s",
+              file=sys.stderr)
+    return 0
+
+
+def run(argv=None, model_region=None):
+    args = build_parser().parse_args(argv)
+    gguf = open_model(args, model_region)
+    if args.tokenize:
+        return cmd_tokenize(args, gguf)
+    if args.info:
+        return cmd_info(args, gguf)
+    if args.perplexity:
+        return cmd_perplexity(args, gguf)
+    return cmd_complete(args, gguf)
+
+
+def main(argv=None, model_region=None):
+    try:
+        return run(argv, model_region)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error worth a traceback.
+        try:
+            sys.stdout = None
+        finally:
+            return 0

@@ -1,0 +1,136 @@
+"""Choosing the next token from logits, in llama.cpp's default order.
+
+penalties -> top-k -> top-p -> min-p -> temperature -> draw. With temperature <= 0
+the choice is the argmax (after penalties). Everything is pure Python over the
+vocabulary's logits; to keep that cheap, only the top candidates are materialised:
+penalties only touch recently seen tokens, so the top-k after penalties always lies
+in (raw top-(k + #penalised)) plus the penalised tokens themselves.
+"""
+
+import heapq
+import math
+import random
+
+
+class SamplingParams:
+    def __init__(self, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
+                 repeat_penalty=1.0, repeat_last_n=64, presence_penalty=0.0,
+                 frequency_penalty=0.0, seed=None):
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.min_p = min_p
+        self.repeat_penalty = repeat_penalty
+        self.repeat_last_n = repeat_last_n
+        self.presence_penalty = presence_penalty
+        self.frequency_penalty = frequency_penalty
+        self.seed = seed
+
+    @property
+    def penalised(self):
+        return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
+
+
+class Sampler:
+    def __init__(self, params, vocab_size=None):
+        self.params = params
+        seed = params.seed if params.seed is not None and params.seed >= 0 else None
+        self.rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(32))
+        self.vocab_size = vocab_size
+
+    def _penalties(self, history):
+        """token -> function adjusting its logit, from the last repeat_last_n tokens."""
+        p = self.params
+        if not p.penalised or not history:
+            return {}
+        window = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else (
+            history if p.repeat_last_n < 0 else [])
+        counts = {}
+        for t in window:
+            counts[t] = counts.get(t, 0) + 1
+        return counts
+
+    def _apply(self, logit, count):
+        p = self.params
+        if p.repeat_penalty != 1.0:
+            logit = logit / p.repeat_penalty if logit > 0 else logit * p.repeat_penalty
+        return logit - count * p.frequency_penalty - p.presence_penalty
+
+    def sample(self, logits, history=()):
+        """Pick a token id. `logits` is a sequence of floats over the vocabulary."""
+        p = self.params
+        n_vocab = len(logits)
+        counts = self._penalties(history)
+        k = p.top_k if 0 < p.top_k < n_vocab else n_vocab
+        if p.temperature <= 0:
+            k = 1
+
+        # Candidates: enough raw top entries to survive any penalties, plus the penalised.
+        if k + len(counts) >= n_vocab:
+            candidate_ids = range(n_vocab)
+        else:
+            candidate_ids = heapq.nlargest(k + len(counts), range(n_vocab), key=logits.__getitem__)
+            candidate_ids = set(candidate_ids) | {t for t in counts if 0 <= t < n_vocab}
+        scored = []
+        for t in candidate_ids:
+            v = logits[t]
+            if t in counts:
+                v = self._apply(v, counts[t])
+            scored.append((v, t))
+        # Ties resolve to the lower id, as llama.cpp's sort of (logit, id) does.
+        scored.sort(key=lambda vt: (-vt[0], vt[1]))
+        scored = scored[:k]
+        if p.temperature <= 0 or len(scored) == 1:
+            return scored[0][1]
+
+        # top-p and min-p see the untempered distribution, as in llama.cpp's chain.
+        top = scored[0][0]
+        weights = [math.exp(v - top) for v, _ in scored]
+        total = sum(weights)
+        if p.top_p < 1.0:
+            cum, keep = 0.0, len(scored)
+            for i, w in enumerate(weights):
+                cum += w / total
+                if cum >= p.top_p:
+                    keep = i + 1
+                    break
+            scored, weights = scored[:keep], weights[:keep]
+        if p.min_p > 0.0:
+            floor = p.min_p  # relative to the top probability, which has weight 1
+            keep = [i for i, w in enumerate(weights) if w >= floor] or [0]
+            scored = [scored[i] for i in keep]
+
+        top = scored[0][0]
+        weights = [math.exp((v - top) / p.temperature) for v, _ in scored]
+        r = self.rng.random() * sum(weights)
+        for (v, t), w in zip(scored, weights):
+            r -= w
+            if r <= 0:
+                return t
+        return scored[-1][1]
+
+
+def find_stop(text, stops):
+    """Index in `text` where the earliest stop string starts, or -1."""
+    best = -1
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return best
+
+
+def partial_stop_suffix(text, stops):
+    """Length of the longest end of `text` that could be the start of a stop string.
+
+    Streaming holds those characters back until it knows they are not a stop."""
+    longest = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                longest = max(longest, n)
+                break
+    return longest

@@ -1,0 +1,150 @@
+"""A conversation with a model: the tokens in its KV cache, and generation.
+
+The session remembers which tokens the cache holds, so a new request that starts
+with the same tokens (the next chat turn, a retried prompt) only computes the rest.
+"""
+
+import time
+
+from runtime.errors import UserError
+from runtime.sampling import Sampler, find_stop, partial_stop_suffix
+
+
+class Timings:
+    def __init__(self):
+        self.prompt_tokens = 0      # tokens computed for the prompt (after cache reuse)
+        self.prompt_seconds = 0.0
+        self.generated_tokens = 0
+        self.generate_seconds = 0.0
+        self.reused_tokens = 0      # prompt tokens found already in the cache
+
+    @property
+    def prompt_per_second(self):
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds else 0.0
+
+    @property
+    def generate_per_second(self):
+        return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+
+class Session:
+    def __init__(self, model, tokenizer, batch_size=512):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, batch_size)
+        self.tokens = []            # what the KV cache holds, position by position
+        self.last_logits = None
+        self.timings = Timings()
+
+    @property
+    def n_ctx(self):
+        return self.model.n_ctx
+
+    def reset(self):
+        self.tokens = []
+        self.last_logits = None
+
+    def truncate(self, n):
+        """Forget cache positions n.. (they will be overwritten)."""
+        if n < len(self.tokens):
+            self.tokens = self.tokens[:n]
+            self.last_logits = None
+
+    def eval(self, new_tokens, all_logits=False):
+        """Append `new_tokens` to the cache; return the last row of logits (floats),
+        or, when `all_logits`, every row as backend activations."""
+        if len(self.tokens) + len(new_tokens) > self.n_ctx:
+            raise UserError(f"{len(self.tokens) + len(new_tokens)} tokens do not fit in the "
+                            f"context of {self.n_ctx}; raise -c or shorten the prompt")
+        if all_logits:
+            # One batch, so the logits come back as one matrix (perplexity chunks).
+            logits = self.model.forward(new_tokens, len(self.tokens), last_only=False)
+            self.tokens.extend(new_tokens)
+            self.last_logits = None
+            return logits
+        last = None
+        for start in range(0, len(new_tokens), self.batch_size):
+            chunk = new_tokens[start:start + self.batch_size]
+            last = self.model.forward(chunk, len(self.tokens), last_only=True)
+            self.tokens.extend(chunk)
+        if last is not None:
+            self.last_logits = self.model.backend.to_floats(last)[0]
+        return self.last_logits
+
+    def prefill(self, prompt_tokens):
+        """Make the cache hold exactly `prompt_tokens`, computing only what is new."""
+        if not prompt_tokens:
+            raise UserError("the prompt is empty; give some text with -p or -f")
+        if len(prompt_tokens) > self.n_ctx:
+            raise UserError(f"the prompt is {len(prompt_tokens)} tokens but the context is "
+                            f"{self.n_ctx}; raise -c or shorten the prompt")
+        common = 0
+        for a, b in zip(self.tokens, prompt_tokens):
+            if a != b:
+                break
+            common += 1
+        # Keep at least one token to compute, so we have fresh logits.
+        if common == len(prompt_tokens):
+            common -= 1
+        self.truncate(common)
+        t0 = time.perf_counter()
+        self.eval(prompt_tokens[common:])
+        self.timings = Timings()
+        self.timings.reused_tokens = common
+        self.timings.prompt_tokens = len(prompt_tokens) - common
+        self.timings.prompt_seconds = time.perf_counter() - t0
+        return self.last_logits
+
+    def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None):
+        """Yield text pieces of the continuation of `prompt_tokens`.
+
+        Stops at an end-of-generation token, a stop string (not included in the output),
+        `n_predict` tokens (-1: until the context is full), or when `should_stop()` says so.
+        `self.finish_reason` is "stop" or "length" afterwards; `self.generated` the ids.
+        """
+        from runtime.tokenizer import StreamDecoder
+
+        sampler = Sampler(params)
+        logits = self.prefill(prompt_tokens)
+        decoder = StreamDecoder(self.tokenizer)
+        eog = self.tokenizer.eog_ids
+        self.generated = []
+        self.finish_reason = "length"
+        pending = ""            # text held back: it might be the start of a stop string
+        t0 = time.perf_counter()
+        stopped_by_string = False
+        try:
+            while n_predict < 0 or len(self.generated) < n_predict:
+                if should_stop is not None and should_stop():
+                    self.finish_reason = "stop"
+                    break
+                token = sampler.sample(logits, self.tokens)
+                if token in eog:
+                    self.finish_reason = "stop"
+                    break
+                self.generated.append(token)
+                pending += decoder.feed(token)
+                cut = find_stop(pending, stops) if stops else -1
+                if cut >= 0:
+                    pending = pending[:cut]
+                    stopped_by_string = True
+                    self.finish_reason = "stop"
+                    break
+                hold = partial_stop_suffix(pending, stops) if stops else 0
+                ready, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
+                if ready:
+                    yield ready
+                done = 0 <= n_predict <= len(self.generated)
+                if done or len(self.tokens) >= self.n_ctx:
+                    break
+                logits = self.eval([token])
+            tail = pending if stopped_by_string else pending + decoder.flush()
+            cut = find_stop(tail, stops) if stops else -1
+            if cut >= 0:
+                tail = tail[:cut]
+                self.finish_reason = "stop"
+            if tail:
+                yield tail
+        finally:
+            self.timings.generated_tokens = len(self.generated)
+            self.timings.generate_seconds = time.perf_counter() - t0
