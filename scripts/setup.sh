@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking need on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    if ! command -v qemu-aarch64 >/dev/null 2>&1 || ! command -v unzip >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user unzip >/dev/null
+    fi
+fi
+python -m pip install -q -e ".[test]"
+python kernels/build.py
+python -m tests.models >/dev/null
