@@ -1,0 +1,244 @@
+"""Chat formatting: a conversation (a list of {"role", "content"} messages) to the
+prompt text a model was trained on.
+
+Instruct models carry their format as a Jinja template in `tokenizer.chat_template`.
+We render it the way Hugging Face's `apply_chat_template` does (a sandboxed, immutable
+environment with trim_blocks and lstrip_blocks, and the helpers real templates call),
+so the text matches what the model saw in training. A model without a template chats
+as raw completion: the turns are simply concatenated.
+
+jinja2 is pure Python and travels inside the bundle; it is imported only when a
+template is actually rendered, so plain completion never pays for it.
+"""
+
+import datetime
+import json
+
+from runtime.errors import UserError
+
+# Gemma 3's own template folds a system message into the first user turn this way;
+# we do the same for templates that reject or drop the system role.
+SYSTEM_FOLD_SEPARATOR = "\n\n"
+
+
+class TemplateRejected(UserError):
+    """The template called raise_exception(): it does not accept this conversation."""
+
+
+def _raise_exception(message):
+    raise TemplateRejected(f"the chat template rejects this conversation: {message}")
+
+
+def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
+    # Jinja's own tojson HTML-escapes <, >, & and '; chat templates want plain JSON.
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys,
+                      ensure_ascii=ensure_ascii)
+
+
+def _make_environment():
+    try:
+        import jinja2
+        import jinja2.ext
+        import jinja2.nodes
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise UserError("this model's chat template needs jinja2, which is missing; "
+                        "install it (pip install jinja2) or pass --chat-template FILE "
+                        "of a bundle that carries it") from None
+
+    class GenerationTag(jinja2.ext.Extension):
+        """`{% generation %}...{% endgeneration %}` marks the assistant's part for
+        training masks (HF's AssistantTracker); for rendering it is transparent."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    return env
+
+
+class ChatTemplate:
+    """A Jinja chat template with the model's BOS/EOS token texts."""
+
+    def __init__(self, source, bos_token="", eos_token="", now=None):
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.now = now or datetime.datetime.now   # strftime_now's clock; tests fix it
+        env = _make_environment()
+        import jinja2
+        try:
+            self.template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise UserError(f"the chat template has a syntax error at line {e.lineno}: "
+                            f"{e.message}") from None
+        self._system_supported = None
+
+    def _render_raw(self, messages, add_generation_prompt):
+        import jinja2
+        try:
+            return self.template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token, eos_token=self.eos_token,
+                strftime_now=lambda fmt: self.now().strftime(fmt))
+        except UserError:
+            raise
+        except jinja2.TemplateError as e:
+            raise UserError(f"the chat template failed: {e}") from None
+        except Exception as e:  # a template is code: any failure in it is the template's
+            raise UserError(f"the chat template failed: {type(e).__name__}: {e}") from None
+
+    @property
+    def supports_system(self):
+        """Whether a system message shows up in the rendered text (probed once)."""
+        if self._system_supported is None:
+            needle = "<<system needle 7d1f>>"
+            probe = [{"role": "system", "content": needle}, {"role": "user", "content": "hi"}]
+            try:
+                self._system_supported = needle in self._render_raw(probe, True)
+            except UserError:
+                self._system_supported = False
+        return self._system_supported
+
+    def render(self, messages, add_generation_prompt=True):
+        """The prompt text for `messages`. A system message that the template cannot
+        take is folded into the first user message instead of being lost."""
+        messages = [dict(m) for m in messages]
+        if messages and messages[0]["role"] == "system" and not self.supports_system:
+            system = messages.pop(0)["content"]
+            if messages and messages[0]["role"] == "user":
+                messages[0]["content"] = system + SYSTEM_FOLD_SEPARATOR + messages[0]["content"]
+            elif system:
+                messages.insert(0, {"role": "user", "content": system})
+        return self._render_raw(messages, add_generation_prompt)
+
+
+class RawFormat:
+    """No template: the conversation is plain text, each turn continuing the last."""
+
+    def render(self, messages, add_generation_prompt=True):
+        text = ""
+        for m in messages:
+            content = m["content"]
+            if m["role"] == "system":
+                text += content + ("\n\n" if content and not content.endswith("\n") else "")
+            elif m["role"] == "user" and text and not text[-1].isspace():
+                text += "\n" + content   # a new user line after the model's words
+            else:
+                text += content
+        return text
+
+
+def token_text(gguf, token_id):
+    """The text of a special token (BOS/EOS) as templates write it, or ""."""
+    tokens = gguf.get("tokenizer.ggml.tokens") or []
+    if token_id is not None and 0 <= token_id < len(tokens):
+        return tokens[token_id]
+    return ""
+
+
+def load_chat_format(gguf, template_path=None, now=None):
+    """ChatTemplate from --chat-template FILE or the GGUF; RawFormat when neither has one."""
+    if template_path:
+        try:
+            with open(template_path, encoding="utf-8") as f:
+                source = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read chat template {template_path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"chat template {template_path} is not UTF-8 text") from None
+    else:
+        source = gguf.get("tokenizer.chat_template")
+    if not source:
+        return RawFormat()
+    bos = token_text(gguf, gguf.get("tokenizer.ggml.bos_token_id"))
+    eos = token_text(gguf, gguf.get("tokenizer.ggml.eos_token_id"))
+    return ChatTemplate(source, bos_token=bos, eos_token=eos, now=now)
+
+
+class Conversation:
+    """The messages so far, and how they become prompt tokens.
+
+    The whole conversation is re-rendered and re-tokenized each turn; the session's
+    cache reuse then computes only what differs from last time, which for every
+    template that renders earlier turns the same way is just the new turn.
+    """
+
+    def __init__(self, fmt, tokenizer, system_prompt=None):
+        self.fmt = fmt
+        self.tokenizer = tokenizer
+        self.messages = []
+        self.set_system(system_prompt)
+
+    def set_system(self, text):
+        if self.messages and self.messages[0]["role"] == "system":
+            self.messages.pop(0)
+        if text:
+            self.messages.insert(0, {"role": "system", "content": text})
+
+    @property
+    def system(self):
+        return self.messages[0]["content"] if self.messages and \
+            self.messages[0]["role"] == "system" else None
+
+    @property
+    def turns(self):
+        """Messages after the system prompt."""
+        return self.messages[1:] if self.system is not None else self.messages
+
+    def clear(self):
+        del self.messages[len(self.messages) - len(self.turns):]
+
+    def undo(self):
+        """Drop the last user message and its reply; False when there is none."""
+        turns = self.turns
+        for i in range(len(turns) - 1, -1, -1):
+            if turns[i]["role"] == "user":
+                del self.messages[len(self.messages) - len(turns) + i:]
+                return True
+        return False
+
+    def drop_oldest_turn(self):
+        """Drop the first user message and the replies up to the next one."""
+        start = len(self.messages) - len(self.turns)
+        if start >= len(self.messages):
+            return False
+        end = start + 1
+        while end < len(self.messages) and self.messages[end]["role"] != "user":
+            end += 1
+        del self.messages[start:end]
+        return True
+
+    def tokens(self, add_generation_prompt=True):
+        text = self.fmt.render(self.messages, add_generation_prompt)
+        ids = self.tokenizer.encode(text, add_special=True, parse_special=True)
+        # Templates that write bos_token themselves, on a tokenizer that adds BOS too:
+        # keep one, as llama.cpp does.
+        bos = self.tokenizer.bos_id
+        if len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]
+        return ids
+
+    def to_json(self):
+        return {"messages": self.messages}
+
+    def load_json(self, data, source):
+        messages = data.get("messages") if isinstance(data, dict) else data
+        if not isinstance(messages, list):
+            raise UserError(f"{source} holds no conversation (expected {{\"messages\": [...]}})")
+        clean = []
+        for i, m in enumerate(messages):
+            if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str)):
+                raise UserError(f"{source}: message {i} is not a {{role, content}} object "
+                                "with role system, user or assistant")
+            if m["role"] == "system" and i != 0:
+                raise UserError(f"{source}: message {i}: a system message may only come first")
+            clean.append({"role": m["role"], "content": m["content"]})
+        self.messages = clean
