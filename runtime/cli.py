@@ -38,6 +38,12 @@ def build_parser():
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1: random)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--chat", "-cnv", action="store_true",
+                   help="chat: with -p/-f or piped text, answer one turn; on a terminal, "
+                        "talk (the default on a terminal without -p)")
+    p.add_argument("-sys", "--system-prompt", help="system prompt for chat")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template to use instead of the model's")
     p.add_argument("--tokenize", action="store_true", help="print the prompt's token ids as JSON")
     p.add_argument("--perplexity", action="store_true", help="perplexity of the -f text")
     p.add_argument("--info", action="store_true", help="print model facts and the kernel choice")
@@ -177,6 +183,38 @@ def cmd_complete(args, gguf):
     return 0
 
 
+def cmd_chat(args, gguf):
+    """One chat turn (-p, -f, or text piped in), or the interactive loop on a terminal."""
+    from runtime.chat import Conversation, load_chat_format
+    from runtime.interactive import ChatTurns, Repl, one_turn
+    text = read_prompt(args)
+    interactive = text is None and sys.stdin.isatty()
+    if text is None and not interactive:
+        text = sys.stdin.read()
+        if not text.strip():
+            raise UserError("--chat got no text on stdin; pipe a message or pass -p TEXT")
+    if text is not None:
+        text = text.rstrip("\r\n")   # `echo`'s and editors' final newline is not the message
+    fmt = load_chat_format(gguf, args.chat_template)
+    session = make_session(args, gguf)
+    conversation = Conversation(fmt, session.tokenizer, args.system_prompt)
+    turns = ChatTurns(session, conversation, sampling_params(args), args.n_predict, args.stop)
+    if interactive:
+        return Repl(turns, gguf.get("general.name") or "").run()
+    one_turn(turns, text)
+    if args.verbose:
+        t = session.timings
+        print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_per_second:.1f} t/s; "
+              f"generation: {t.generated_tokens} tokens, {t.generate_per_second:.1f} t/s",
+              file=sys.stderr)
+    return 0
+
+
+def wants_chat(args):
+    """--chat, or a terminal with no prompt given: llamafile's default is to talk."""
+    return args.chat or (args.prompt is None and args.file is None and sys.stdin.isatty())
+
+
 def run(argv=None, model_region=None):
     args = build_parser().parse_args(argv)
     gguf = open_model(args, model_region)
@@ -186,6 +224,8 @@ def run(argv=None, model_region=None):
         return cmd_info(args, gguf)
     if args.perplexity:
         return cmd_perplexity(args, gguf)
+    if wants_chat(args):
+        return cmd_chat(args, gguf)
     return cmd_complete(args, gguf)
 
 
