@@ -30,6 +30,8 @@ Operations (all a backend must provide):
     swiglu(G, U) -> Y                                    silu(G) * U
     geglu(G, U) -> Y                                     gelu_tanh(G) * U
     take_rows(X, start, stop) -> X[start:stop]
+    stack_rows([X1, X2, ...]) -> X                      rows of each, in order (optional: the
+                                                         server batches parallel slots with it)
     to_floats(X) -> list of rows, each a sequence of floats (for sampling and tests)
     argmax_rows(X) -> list[int]
     logprobs_rows(X, targets) -> list[float]             log softmax(row i)[targets[i]] for
@@ -459,6 +461,9 @@ class NumpyBackend:
 
     def take_rows(self, x, start, stop):
         return x[start:stop]
+
+    def stack_rows(self, parts):
+        return np.concatenate(parts, axis=0)
 
     def to_floats(self, x):
         return [row.tolist() for row in x]

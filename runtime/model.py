@@ -6,6 +6,7 @@ attention and FFN, a GELU gate, sliding-window layers). All arithmetic goes thro
 the backend (runtime/backend_numpy.py documents the interface).
 """
 
+import copy
 import math
 
 from runtime import ggml_types
@@ -127,22 +128,65 @@ class Model:
         self.n_ctx = int(n_ctx) if n_ctx else min(cfg.n_ctx_train, 4096)
         self.cache = backend.kv_cache(cfg.n_layers, self.n_ctx, cfg.n_kv_heads * cfg.head_dim)
 
-    def forward(self, tokens, pos0, last_only=True):
+    def with_own_cache(self):
+        """A twin over the same weights with a KV cache of its own (a server slot)."""
+        twin = copy.copy(self)
+        cfg = self.config
+        twin.cache = self.backend.kv_cache(cfg.n_layers, self.n_ctx, cfg.n_kv_heads * cfg.head_dim)
+        return twin
+
+    def forward(self, tokens, pos0, last_only=True, hidden=False):
         """Run `tokens` at positions pos0.. through the model, filling the KV cache.
 
         Returns logits (backend activations): one row per token, or only the last
-        row when `last_only` (generation needs nothing else).
+        row when `last_only` (generation needs nothing else). With `hidden`, the
+        final normalised hidden states instead of logits (embeddings).
         """
         cfg, b = self.config, self.backend
         if pos0 + len(tokens) > self.n_ctx:
             raise UserError(f"{pos0 + len(tokens)} tokens do not fit in the context of "
                             f"{self.n_ctx}; raise -c or shorten the prompt")
+
+        def attend(q, k, v, i):
+            return self.rope_attend(q, k, v, i, pos0, self.cache)
+
+        x = self.decoder(tokens, attend)
+        if last_only:
+            x = b.take_rows(x, len(tokens) - 1, len(tokens))
+        x = b.rmsnorm(x, self.output_norm, cfg.eps)
+        return x if hidden else b.matmul(x, self.output)
+
+    def forward_batch(self, tokens, positions, caches):
+        """One decoding step for several sequences: token r sits at positions[r] of
+        caches[r]. The matmuls see all rows at once (one pass over the weights for
+        the whole batch, which is what makes parallel slots cheap); rope and
+        attention run row by row against each sequence's own cache. Needs the
+        backend's optional `stack_rows`. Returns logits, one row per sequence."""
+        cfg, b = self.config, self.backend
+        for pos, cache in zip(positions, caches):
+            if pos + 1 > self.n_ctx:
+                raise UserError(f"{pos + 1} tokens do not fit in the context of {self.n_ctx}")
+
+        def attend(q, k, v, i):
+            rows = [self.rope_attend(b.take_rows(q, r, r + 1), b.take_rows(k, r, r + 1),
+                                     b.take_rows(v, r, r + 1), i, positions[r], caches[r])
+                    for r in range(len(tokens))]
+            return b.stack_rows(rows)
+
+        x = self.decoder(tokens, attend)
+        x = b.rmsnorm(x, self.output_norm, cfg.eps)
+        return b.matmul(x, self.output)
+
+    def decoder(self, tokens, attend):
+        """The residual stream after every block; `attend(q, k, v, layer)` is the
+        part that depends on where the rows sit (positions and caches)."""
+        cfg, b = self.config, self.backend
         x = b.embed(self.tok_embd, tokens)
         if cfg.embed_scale != 1.0:
             b.scale(x, cfg.embed_scale)
         for i, layer in enumerate(self.layers):
             h = b.rmsnorm(x, layer.attn_norm, cfg.eps)
-            h = self.attention(h, layer, i, pos0)
+            h = self.attention(h, layer, i, attend)
             if layer.attn_post_norm is not None:
                 h = b.rmsnorm(h, layer.attn_post_norm, cfg.eps)
             b.add(x, h)
@@ -151,12 +195,9 @@ class Model:
             if layer.ffn_post_norm is not None:
                 h = b.rmsnorm(h, layer.ffn_post_norm, cfg.eps)
             b.add(x, h)
-        if last_only:
-            x = b.take_rows(x, len(tokens) - 1, len(tokens))
-        x = b.rmsnorm(x, self.output_norm, cfg.eps)
-        return b.matmul(x, self.output)
+        return x
 
-    def attention(self, h, layer, i, pos0):
+    def attention(self, h, layer, i, attend):
         cfg, b = self.config, self.backend
         q = b.matmul(h, layer.wq)
         k = b.matmul(h, layer.wk)
@@ -168,13 +209,17 @@ class Model:
         if layer.q_norm is not None:
             q = b.rmsnorm(q, layer.q_norm, cfg.eps)
             k = b.rmsnorm(k, layer.k_norm, cfg.eps)
+        return b.matmul(attend(q, k, v, i), layer.wo)
+
+    def rope_attend(self, q, k, v, i, pos0, cache):
+        """Rotate q and k for positions pos0.. and attend over `cache` (layer i)."""
+        cfg, b = self.config, self.backend
         local = cfg.layer_is_local(i)
         rope = self.rope_local if local else self.rope_global
         b.rope(q, pos0, cfg.n_heads, cfg.head_dim, rope)
         b.rope(k, pos0, cfg.n_kv_heads, cfg.head_dim, rope)
-        o = b.attention(q, k, v, self.cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
-                        cfg.head_dim, cfg.attn_scale, cfg.window if local else 0)
-        return b.matmul(o, layer.wo)
+        return b.attention(q, k, v, cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
+                           cfg.head_dim, cfg.attn_scale, cfg.window if local else 0)
 
     def feed_forward(self, h, layer):
         b = self.backend

@@ -95,12 +95,15 @@ class Session:
         self.timings.prompt_seconds = time.perf_counter() - t0
         return self.last_logits
 
-    def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None):
+    def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None,
+                 constraint=None):
         """Yield text pieces of the continuation of `prompt_tokens`.
 
         Stops at an end-of-generation token, a stop string (not included in the output),
         `n_predict` tokens (-1: until the context is full), or when `should_stop()` says so.
         `self.finish_reason` is "stop" or "length" afterwards; `self.generated` the ids.
+        A `constraint` (runtime/json_constraint.py) picks tokens instead of the plain
+        sampler and ends generation when its output is complete.
         """
         from runtime.tokenizer import StreamDecoder
 
@@ -118,11 +121,15 @@ class Session:
                 if should_stop is not None and should_stop():
                     self.finish_reason = "stop"
                     break
-                token = sampler.sample(logits, self.tokens)
+                if constraint is None:
+                    token = sampler.sample(logits, self.tokens)
+                else:
+                    token = constraint.sample(sampler, logits, self.tokens)
                 if token in eog:
                     self.finish_reason = "stop"
                     break
                 self.generated.append(token)
+                complete = constraint is not None and constraint.advance(token)
                 pending += decoder.feed(token)
                 cut = find_stop(pending, stops) if stops else -1
                 if cut >= 0:
@@ -134,6 +141,9 @@ class Session:
                 ready, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
                 if ready:
                     yield ready
+                if complete:
+                    self.finish_reason = "stop"
+                    break
                 done = 0 <= n_predict <= len(self.generated)
                 if done or len(self.tokens) >= self.n_ctx:
                     break
