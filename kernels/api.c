@@ -1,0 +1,91 @@
+// The exported C ABI that runtime/backend_c.py calls through ctypes.
+//
+// All functions are plain C with no callbacks into Python, so ctypes releases the
+// GIL around them. Arrays are passed as pointers with explicit lengths and row
+// strides (counted in elements); weights are raw GGUF tensor bytes, in place.
+// Errors are negative return values, never aborts.
+//
+// Version 1:
+//   int  lz_abi_version(void)
+//   const char *lz_variant(void)            "generic", "avx2", "avx512", "neon", ...
+//   void lz_set_threads(int n); int lz_get_threads(void); void lz_set_spin_ns(int64_t)
+//   int  lz_type_supported(int type)
+//   int  lz_matmul(type, w, rows, k, x, ldx, n, y, ldy)   y[t][r] = W[r,:] . x[t,:]
+//   void lz_dequantize(type, src, dst, n)
+//   int  lz_quantize_act(type, x, out, k)      the activation row as the dot sees it (tests)
+//   void lz_embed(type, table, n, ids, n_ids, out)
+//   void lz_rmsnorm(x, y, count, w, group, eps); lz_mul_rows; lz_add; lz_add_bias; lz_scale
+//   void lz_rope_table(cs, pos0, n_tokens, inv_freq, half); lz_rope(x, n_tokens, ldx, ...)
+//   int  lz_attention(q, ldq, k, v, ldkv, kc, vc, n_tokens, pos0, n_heads, n_kv_heads,
+//                     head_dim, scale, window, out, ldo)
+//   void lz_swiglu(g, u, out, n); lz_geglu(g, u, out, n); int64_t lz_argmax(x, n)
+//   void lz_h2f_row / lz_f2h_row (f16 <-> f32)
+#include "ops.h"
+#include "quants.h"
+#include "threads.h"
+
+#ifndef LZ_VARIANT
+#define LZ_VARIANT "generic"
+#endif
+
+__attribute__((constructor)) static void lz_init(void) {
+    lz_init_portable(&lz_k);
+#if defined(LZ_AVX2)
+    lz_init_avx2(&lz_k);
+#endif
+#if defined(LZ_AVX512)
+    lz_init_avx512(&lz_k);
+#endif
+#if defined(LZ_NEON)
+    lz_init_neon(&lz_k);
+#endif
+#if defined(LZ_RVV)
+    lz_init_rvv(&lz_k);
+#endif
+    lz_k.name = LZ_VARIANT;
+}
+
+LZ_API int lz_abi_version(void) { return 1; }
+LZ_API const char *lz_variant(void) { return lz_k.name; }
+LZ_API void lz_set_threads(int n) { lz_pool_set_threads(n); }
+LZ_API int lz_get_threads(void) { return lz_pool_threads(); }
+LZ_API void lz_set_spin_ns(int64_t ns) { lz_pool_set_spin(ns); }
+
+LZ_API int lz_type_supported(int type) {
+    return type >= 0 && type < LZ_NTYPES && lz_k.types[type].tile != 0;
+}
+
+LZ_API void lz_dequantize(int type, const void *src, float *dst, int64_t n) {
+    if (lz_type_supported(type)) lz_k.types[type].dequant(src, dst, n);
+}
+
+// Write the activation row x (k values) the way `type`'s dot product sees it,
+// as floats: for tests comparing with the oracle's quantize_activations.
+LZ_API int lz_quantize_act(int type, const float *x, float *out, int64_t k) {
+    if (!lz_type_supported(type)) return -1;
+    int kind = lz_k.types[type].xq;
+    uint8_t buf[xq_row_bytes(kind, k) + 64];
+    lz_k.quant[kind](x, buf, k);
+    const int8_t *qs = (const int8_t *)buf;
+    switch (kind) {
+    case XQ_Q8: {
+        const float *ds = xq8_ds(buf, k);
+        for (int64_t i = 0; i < k; i++) out[i] = qs[i] * ds[(i / 64) * 4 + (i / 32) % 2];
+        break;
+    }
+    case XQ_Q8K: {
+        const float *d = xq8k_d(buf, k);
+        for (int64_t i = 0; i < k; i++) out[i] = qs[i] * d[i / 256];
+        break;
+    }
+    case XQ_F16:
+        for (int64_t i = 0; i < k; i++) out[i] = lz_h2f(((const lz_half *)buf)[i]);
+        break;
+    case XQ_BF16:
+        for (int64_t i = 0; i < k; i++) out[i] = lz_bf2f(((const uint16_t *)buf)[i]);
+        break;
+    default:
+        for (int64_t i = 0; i < k; i++) out[i] = x[i];
+    }
+    return 0;
+}

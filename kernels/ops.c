@@ -1,0 +1,271 @@
+// The rest of a forward pass: RMSNorm, RoPE, attention over an f16 KV cache,
+// gated activations, element-wise ops, embedding lookup, argmax.
+//
+// Numerics follow runtime/backend_numpy.py (the oracle, itself llama.cpp's CPU
+// numerics): norms accumulate in double, the KV cache and the attention's value
+// accumulator are f16, softmax is computed online over keys in order.
+#include <math.h>
+#include <stdatomic.h>
+
+#include "ops.h"
+#include "quants.h"
+#include "threads.h"
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+// ---------------------------------------------------------------- f16 rows
+
+void lz_h2f_row(const lz_half *src, float *dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#elif defined(__aarch64__)
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = lz_h2f(src[i]);
+}
+
+void lz_f2h_row(const float *src, lz_half *dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__aarch64__)
+    for (; i + 4 <= n; i += 4)
+        vst1_u16(dst + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = lz_f2h(src[i]);
+}
+
+// Round to the nearest f16 value, kept as f32.
+static void round16_row(float *a, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(a + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_storeu_ps(a + i, _mm256_cvtph_ps(h));
+    }
+#elif defined(__aarch64__)
+    for (; i + 4 <= n; i += 4) vst1q_f32(a + i, vcvt_f32_f16(vcvt_f16_f32(vld1q_f32(a + i))));
+#endif
+    for (; i < n; i++) a[i] = lz_h2f(lz_f2h(a[i]));
+}
+
+// ---------------------------------------------------------------- exp
+
+// exp(x) to about 1 ulp, branch-free so loops over it vectorize: x = n*ln2 + r with
+// |r| <= ln2/2, exp(r) by its Taylor series to r^7 (truncation < 1.2e-7 relative),
+// 2^n built in the exponent bits. Below -87.3 flushes to 0, above 88.7 gives inf.
+static inline float lz_expf(float x) {
+    float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; // round to nearest
+    float r = xc - n * 0.693145751953125f;   // ln2 split in two so n*hi is exact
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    float scale = lz_bits_f32((uint32_t)((int32_t)n + 127) << 23);
+    float y = p * scale;
+    y = x < -87.3f ? 0.0f : y;
+    return x > 88.7f ? INFINITY : y;
+}
+
+// ---------------------------------------------------------------- element-wise
+
+void lz_rmsnorm(const float *x, float *y, int64_t count, const float *w, int64_t group, float eps) {
+    for (int64_t c = 0; c < count; c += group) {
+        double ss = 0.0;
+        for (int64_t i = 0; i < group; i++) ss += (double)x[c + i] * (double)x[c + i];
+        double inv = 1.0 / sqrt(ss / (double)group + (double)eps);
+        if (w)
+            for (int64_t i = 0; i < group; i++) y[c + i] = (float)((double)x[c + i] * inv) * w[i];
+        else
+            for (int64_t i = 0; i < group; i++) y[c + i] = (float)((double)x[c + i] * inv);
+    }
+}
+
+void lz_mul_rows(float *x, int64_t count, const float *w, int64_t group) {
+    for (int64_t c = 0; c < count; c += group)
+        for (int64_t i = 0; i < group; i++) x[c + i] *= w[i];
+}
+
+void lz_add(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+void lz_add_bias(float *x, int64_t rows, int64_t n, const float *b) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++) x[r * n + i] += b[i];
+}
+
+void lz_scale(float *x, int64_t n, float s) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+void lz_swiglu(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + lz_expf(-g[i])) * u[i];
+}
+
+// gelu_tanh(g) = g * (1 + tanh(y)) / 2 with y = sqrt(2/pi) * (g + 0.044715 g^3),
+// and (1 + tanh(y)) / 2 = 1 / (1 + exp(-2y)): no cancellation near 0.
+void lz_geglu(const float *g, const float *u, float *out, int64_t n) {
+    const float c = 0.7978845608028654f;
+    for (int64_t i = 0; i < n; i++) {
+        float v = g[i];
+        float y = c * (v + 0.044715f * v * v * v);
+        out[i] = v / (1.0f + lz_expf(-2.0f * y)) * u[i];
+    }
+}
+
+int64_t lz_argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+void lz_embed(int type, const void *table, int64_t n, const int32_t *ids, int64_t n_ids, float *out) {
+    const lz_type_ops *o = &lz_k.types[type];
+    size_t row = (size_t)(n / o->block) * (size_t)o->type_size;
+    for (int64_t r = 0; r < n_ids; r++)
+        o->dequant((const uint8_t *)table + (size_t)ids[r] * row, out + r * n, n);
+}
+
+// ---------------------------------------------------------------- RoPE
+
+// cs[t][i] = (cos, sin) of (pos0 + t) * inv_freq[i], angles in double like the oracle.
+void lz_rope_table(float *cs, int64_t pos0, int64_t n_tokens, const double *inv_freq, int half) {
+    for (int64_t t = 0; t < n_tokens; t++)
+        for (int i = 0; i < half; i++) {
+            double theta = (double)(pos0 + t) * inv_freq[i];
+            cs[(t * half + i) * 2] = (float)cos(theta);
+            cs[(t * half + i) * 2 + 1] = (float)sin(theta);
+        }
+}
+
+// Rotate n_rot dims of each head: pairs (2i, 2i+1), or (i, i + n_rot/2) for NeoX.
+void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim, int n_rot,
+             int neox, const float *cs) {
+    int half = n_rot / 2;
+    for (int64_t t = 0; t < n_tokens; t++) {
+        const float *c = cs + t * half * 2;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + t * ldx + (int64_t)h * head_dim;
+            if (neox) {
+                for (int i = 0; i < half; i++) {
+                    float a = v[i], b = v[i + half];
+                    v[i] = a * c[2 * i] - b * c[2 * i + 1];
+                    v[i + half] = a * c[2 * i + 1] + b * c[2 * i];
+                }
+            } else {
+                for (int i = 0; i < half; i++) {
+                    float a = v[2 * i], b = v[2 * i + 1];
+                    v[2 * i] = a * c[2 * i] - b * c[2 * i + 1];
+                    v[2 * i + 1] = a * c[2 * i + 1] + b * c[2 * i];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+typedef struct {
+    const float *q;
+    int64_t ldq;
+    const lz_half *kc, *vc;   // this layer's cache, [n_ctx][kv_dim]
+    int64_t kv_dim;
+    int64_t n_tokens, pos0;
+    int n_heads, n_kv_heads, head_dim;
+    float scale;
+    int64_t window;
+    float *out;
+    int64_t ldo;
+    atomic_llong next;
+} attn_job;
+
+#define LZ_MAX_HEAD_DIM 1024
+
+static float dot_f32(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    for (; i < n; i++) acc[0] += a[i] * b[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+static void attn_worker(void *p, int ith, int nth) {
+    (void)ith; (void)nth;
+    attn_job *j = (attn_job *)p;
+    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads;
+    float q[LZ_MAX_HEAD_DIM], kv[LZ_MAX_HEAD_DIM], acc[LZ_MAX_HEAD_DIM];
+    const int64_t total = j->n_tokens * j->n_heads;
+    for (;;) {
+        int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (task >= total) break;
+        int64_t i = task / j->n_heads;
+        int h = (int)(task % j->n_heads);
+        int64_t off = (int64_t)(h / group) * hd;
+        int64_t qpos = j->pos0 + i;
+        int64_t lo = j->window > 0 && qpos - j->window + 1 > 0 ? qpos - j->window + 1 : 0;
+        // queries meet the f16 keys as f16 themselves
+        for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)h * hd + d];
+        round16_row(q, hd);
+        for (int d = 0; d < hd; d++) acc[d] = 0.0f;
+        float m = -INFINITY, s = 0.0f;
+        for (int64_t t = lo; t <= qpos; t++) {
+            lz_h2f_row(j->kc + t * j->kv_dim + off, kv, hd);
+            float sc = dot_f32(q, kv, hd) * j->scale;
+            float ms = 1.0f, vs = 1.0f;
+            if (sc > m) {
+                // a new maximum: shrink what has been accumulated so far
+                ms = lz_expf(m - sc);
+                m = sc;
+                for (int d = 0; d < hd; d++) acc[d] *= ms;
+                round16_row(acc, hd);
+            } else {
+                vs = lz_expf(sc - m);
+            }
+            lz_h2f_row(j->vc + t * j->kv_dim + off, kv, hd);
+            for (int d = 0; d < hd; d++) acc[d] += kv[d] * vs;
+            round16_row(acc, hd);
+            s = s * ms + vs;
+        }
+        float *o = j->out + i * j->ldo + (int64_t)h * hd;
+        for (int d = 0; d < hd; d++) o[d] = acc[d] / s;
+    }
+}
+
+int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
+                      lz_half *kc, lz_half *vc, int64_t n_tokens, int64_t pos0, int n_heads,
+                      int n_kv_heads, int head_dim, float scale, int64_t window, float *out,
+                      int64_t ldo) {
+    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads) return -1;
+    int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
+    for (int64_t i = 0; i < n_tokens; i++) {
+        lz_f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
+        lz_f2h_row(v + i * ldkv, vc + (pos0 + i) * kv_dim, kv_dim);
+    }
+    attn_job j;
+    j.q = q; j.ldq = ldq; j.kc = kc; j.vc = vc; j.kv_dim = kv_dim;
+    j.n_tokens = n_tokens; j.pos0 = pos0;
+    j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
+    j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
+    atomic_init(&j.next, 0);
+    if (lz_pool_threads() > 1 && n_tokens * n_heads > 1) lz_pool_run(attn_worker, &j);
+    else attn_worker(&j, 0, 1);
+    return 0;
+}

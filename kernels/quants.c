@@ -1,0 +1,311 @@
+// Portable dequantization of every weight type, and the activation quantizers.
+//
+// The quantizers must reproduce runtime/backend_numpy.py's quantize_activations
+// bit for bit (same scale, same rounding), because greedy decoding is compared
+// token for token with llama.cpp. All arithmetic here is plain float32.
+#include "quants.h"
+
+// roundf without libm (baseline x86-64 has no rounding instruction): ties away
+// from zero. Only used on |v| <= 127.5, where the int conversion is exact.
+static inline float round_away(float v) {
+    int i = (int)v; // truncates
+    float frac = v - (float)i;
+    if (frac >= 0.5f) i++;
+    else if (frac <= -0.5f) i--;
+    return (float)i;
+}
+
+// Round half to even for |v| < 2^22: adding 1.5*2^23 pushes the fraction bits out
+// and the FPU's default rounding (to nearest even) does the rest.
+static inline float round_even(float v) {
+    // (strict IEEE semantics, no -ffast-math, keep the compiler from folding this)
+    return (v + 12582912.0f) - 12582912.0f;
+}
+
+// ---------------------------------------------------------------- activations
+
+void lz_quant_q8(const float *x, void *out, int64_t k) {
+    int8_t *qs = (int8_t *)out;
+    float *ds = (float *)(qs + lz_pad64(k));
+    int64_t nb = k / QK, nbp = lz_pad64(k) / QK;
+    for (int64_t b = 0; b < nbp; b++) {
+        float dq = 0.0f, s = 0.0f;
+        int8_t *q = qs + b * QK;
+        if (b < nb) {
+            const float *v = x + b * QK;
+            float amax = 0.0f;
+            for (int j = 0; j < QK; j++) {
+                float a = v[j] < 0 ? -v[j] : v[j];
+                amax = a > amax ? a : amax;
+            }
+            float d = amax / 127.0f;
+            float id = d != 0.0f ? 1.0f / d : 0.0f;
+            int sum = 0;
+            for (int j = 0; j < QK; j++) {
+                float r = round_away(v[j] * id);
+                r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+                q[j] = (int8_t)r;
+                sum += q[j];
+            }
+            dq = lz_h2f(lz_f2h(d)); // the dot product sees the f16-rounded scale
+            s = dq * (float)sum;
+        } else {
+            memset(q, 0, QK);
+        }
+        ds[(b / 2) * 4 + (b & 1)] = dq;
+        ds[(b / 2) * 4 + 2 + (b & 1)] = s;
+    }
+}
+
+void lz_quant_q8k(const float *x, void *out, int64_t k) {
+    int8_t *qs = (int8_t *)out;
+    float *dd = (float *)(qs + k);
+    int16_t *bsums = (int16_t *)(dd + k / QK_K);
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        const float *v = x + b * QK_K;
+        int8_t *q = qs + b * QK_K;
+        // the scale follows the signed extreme (the first of the largest magnitude)
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            float a = v[j] < 0 ? -v[j] : v[j];
+            if (a > amax) { amax = a; max = v[j]; }
+        }
+        if (amax == 0.0f) {
+            dd[b] = 0.0f;
+            memset(q, 0, QK_K);
+            memset(bsums + b * 16, 0, 32);
+            continue;
+        }
+        float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            float r = round_even(v[j] * iscale);
+            q[j] = (int8_t)(r > 127.0f ? 127.0f : r);
+        }
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[g * 16 + j];
+            bsums[b * 16 + g] = (int16_t)sum;
+        }
+        dd[b] = 1.0f / iscale;
+    }
+}
+
+static void quant_f16(const float *x, void *out, int64_t k) {
+    lz_half *h = (lz_half *)out;
+    for (int64_t i = 0; i < k; i++) h[i] = lz_f2h(x[i]);
+}
+
+static void quant_bf16(const float *x, void *out, int64_t k) {
+    uint16_t *h = (uint16_t *)out;
+    for (int64_t i = 0; i < k; i++) h[i] = lz_f2bf(x[i]);
+}
+
+static void quant_f32(const float *x, void *out, int64_t k) { memcpy(out, x, (size_t)k * 4); }
+
+// ---------------------------------------------------------------- dequantization
+
+static void dequant_f32(const void *src, float *y, int64_t n) { memcpy(y, src, (size_t)n * 4); }
+
+static void dequant_f16(const void *src, float *y, int64_t n) {
+    const lz_half *h = (const lz_half *)src;
+    for (int64_t i = 0; i < n; i++) y[i] = lz_h2f(h[i]);
+}
+
+static void dequant_bf16(const void *src, float *y, int64_t n) {
+    const uint16_t *h = (const uint16_t *)src;
+    for (int64_t i = 0; i < n; i++) y[i] = lz_bf2f(h[i]);
+}
+
+static void dequant_q4_0(const void *src, float *y, int64_t n) {
+    const block_q4_0 *x = (const block_q4_0 *)src;
+    for (int64_t b = 0; b < n / QK; b++, y += QK) {
+        float d = lz_h2f(x[b].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)((x[b].qs[j] & 0xf) - 8);
+            y[j + 16] = d * (float)((x[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+static void dequant_q4_1(const void *src, float *y, int64_t n) {
+    const block_q4_1 *x = (const block_q4_1 *)src;
+    for (int64_t b = 0; b < n / QK; b++, y += QK) {
+        float d = lz_h2f(x[b].d), m = lz_h2f(x[b].m);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)(x[b].qs[j] & 0xf) + m;
+            y[j + 16] = d * (float)(x[b].qs[j] >> 4) + m;
+        }
+    }
+}
+
+static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+static void dequant_q5_0(const void *src, float *y, int64_t n) {
+    const block_q5_0 *x = (const block_q5_0 *)src;
+    for (int64_t b = 0; b < n / QK; b++, y += QK) {
+        float d = lz_h2f(x[b].d);
+        uint32_t qh = load_u32(x[b].qh);
+        for (int j = 0; j < 16; j++) {
+            int lo = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            int hi = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            y[j] = d * (float)(lo - 16);
+            y[j + 16] = d * (float)(hi - 16);
+        }
+    }
+}
+
+static void dequant_q5_1(const void *src, float *y, int64_t n) {
+    const block_q5_1 *x = (const block_q5_1 *)src;
+    for (int64_t b = 0; b < n / QK; b++, y += QK) {
+        float d = lz_h2f(x[b].d), m = lz_h2f(x[b].m);
+        uint32_t qh = load_u32(x[b].qh);
+        for (int j = 0; j < 16; j++) {
+            int lo = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            int hi = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            y[j] = d * (float)lo + m;
+            y[j + 16] = d * (float)hi + m;
+        }
+    }
+}
+
+static void dequant_q8_0(const void *src, float *y, int64_t n) {
+    const block_q8_0 *x = (const block_q8_0 *)src;
+    for (int64_t b = 0; b < n / QK; b++, y += QK) {
+        float d = lz_h2f(x[b].d);
+        for (int j = 0; j < QK; j++) y[j] = d * (float)x[b].qs[j];
+    }
+}
+
+static void dequant_q2_k(const void *src, float *y, int64_t n) {
+    const block_q2_k *x = (const block_q2_k *)src;
+    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
+        float d = lz_h2f(x[b].d), dmin = lz_h2f(x[b].dmin);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *q = x[b].qs + half * 32;
+            for (int j = 0; j < 4; j++) {
+                for (int l = 0; l < 32; l++) {
+                    int s = half * 8 + j * 2 + l / 16;
+                    float dl = d * (float)(x[b].scales[s] & 0xf);
+                    float ml = dmin * (float)(x[b].scales[s] >> 4);
+                    y[half * 128 + j * 32 + l] = dl * (float)((q[l] >> (2 * j)) & 3) - ml;
+                }
+            }
+        }
+    }
+}
+
+static void dequant_q3_k(const void *src, float *y, int64_t n) {
+    const block_q3_k *x = (const block_q3_k *)src;
+    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
+        float d = lz_h2f(x[b].d);
+        int8_t sc[16];
+        lz_q3_scales(x[b].scales, sc);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *q = x[b].qs + half * 32;
+            for (int j = 0; j < 4; j++) {
+                int bit = half * 4 + j;
+                for (int l = 0; l < 32; l++) {
+                    int v = ((q[l] >> (2 * j)) & 3) - (((x[b].hmask[l] >> bit) & 1) ? 0 : 4);
+                    float dl = d * (float)sc[half * 8 + j * 2 + l / 16];
+                    y[half * 128 + j * 32 + l] = dl * (float)v;
+                }
+            }
+        }
+    }
+}
+
+static void dequant_q4_k(const void *src, float *y, int64_t n) {
+    const block_q4_k *x = (const block_q4_k *)src;
+    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
+        float d = lz_h2f(x[b].d), dmin = lz_h2f(x[b].dmin);
+        uint8_t sc[8], mn[8];
+        lz_k_scales(x[b].scales, sc, mn);
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *q = x[b].qs + c * 32;
+            float d1 = d * sc[2 * c], m1 = dmin * mn[2 * c];
+            float d2 = d * sc[2 * c + 1], m2 = dmin * mn[2 * c + 1];
+            for (int l = 0; l < 32; l++) {
+                y[c * 64 + l] = d1 * (float)(q[l] & 0xf) - m1;
+                y[c * 64 + 32 + l] = d2 * (float)(q[l] >> 4) - m2;
+            }
+        }
+    }
+}
+
+static void dequant_q5_k(const void *src, float *y, int64_t n) {
+    const block_q5_k *x = (const block_q5_k *)src;
+    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
+        float d = lz_h2f(x[b].d), dmin = lz_h2f(x[b].dmin);
+        uint8_t sc[8], mn[8];
+        lz_k_scales(x[b].scales, sc, mn);
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *q = x[b].qs + c * 32;
+            float d1 = d * sc[2 * c], m1 = dmin * mn[2 * c];
+            float d2 = d * sc[2 * c + 1], m2 = dmin * mn[2 * c + 1];
+            for (int l = 0; l < 32; l++) {
+                int h1 = (x[b].qh[l] >> (2 * c)) & 1, h2 = (x[b].qh[l] >> (2 * c + 1)) & 1;
+                y[c * 64 + l] = d1 * (float)((q[l] & 0xf) | (h1 << 4)) - m1;
+                y[c * 64 + 32 + l] = d2 * (float)((q[l] >> 4) | (h2 << 4)) - m2;
+            }
+        }
+    }
+}
+
+static void dequant_q6_k(const void *src, float *y, int64_t n) {
+    const block_q6_k *x = (const block_q6_k *)src;
+    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
+        float d = lz_h2f(x[b].d);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = x[b].ql + half * 64, *qh = x[b].qh + half * 32;
+            const int8_t *sc = x[b].scales + half * 8;
+            float *o = y + half * 128;
+            for (int l = 0; l < 32; l++) {
+                int is = l / 16;
+                int q1 = ((ql[l] & 0xf) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                int q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                o[l] = d * (float)sc[is] * (float)q1;
+                o[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                o[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                o[l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+        }
+    }
+}
+
+void lz_dequant_row(int type, const void *src, float *dst, int64_t n) {
+    if (type >= 0 && type < LZ_NTYPES && lz_k.types[type].dequant)
+        lz_k.types[type].dequant(src, dst, n);
+}
+
+// Registered by matmul.c's lz_init_portable.
+void lz_quants_register(lz_kernels *k) {
+    static const struct { int type, block, size, xq; lz_dequant_fn f; } t[] = {
+        {LZ_F32, 1, 4, XQ_F32, dequant_f32},
+        {LZ_F16, 1, 2, XQ_F16, dequant_f16},
+        {LZ_BF16, 1, 2, XQ_BF16, dequant_bf16},
+        {LZ_Q4_0, QK, 18, XQ_Q8, dequant_q4_0},
+        {LZ_Q4_1, QK, 20, XQ_Q8, dequant_q4_1},
+        {LZ_Q5_0, QK, 22, XQ_Q8, dequant_q5_0},
+        {LZ_Q5_1, QK, 24, XQ_Q8, dequant_q5_1},
+        {LZ_Q8_0, QK, 34, XQ_Q8, dequant_q8_0},
+        {LZ_Q2_K, QK_K, 84, XQ_Q8K, dequant_q2_k},
+        {LZ_Q3_K, QK_K, 110, XQ_Q8K, dequant_q3_k},
+        {LZ_Q4_K, QK_K, 144, XQ_Q8K, dequant_q4_k},
+        {LZ_Q5_K, QK_K, 176, XQ_Q8K, dequant_q5_k},
+        {LZ_Q6_K, QK_K, 210, XQ_Q8K, dequant_q6_k},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        lz_type_ops *o = &k->types[t[i].type];
+        o->block = t[i].block;
+        o->type_size = t[i].size;
+        o->xq = t[i].xq;
+        o->dequant = t[i].f;
+    }
+    k->quant[XQ_F32] = quant_f32;
+    k->quant[XQ_Q8] = lz_quant_q8;
+    k->quant[XQ_Q8K] = lz_quant_q8k;
+    k->quant[XQ_F16] = quant_f16;
+    k->quant[XQ_BF16] = quant_bf16;
+}

@@ -1,0 +1,255 @@
+"""C backend: the interface of runtime/backend_numpy.py over our C kernels.
+
+No numpy on this path: activations live in ctypes float buffers, weights are read
+in place from the map by address, and every op is one call into the kernel library
+(runtime/kernels.py picks and loads it). Calls are plain C, so ctypes releases the
+GIL while they run; the library has its own thread pool.
+
+Numerics are the oracle's (see backend_numpy's docstring): activations quantized
+per weight type before the dot products, an f16 KV cache, online softmax with an
+f16 value accumulator.
+"""
+
+import ctypes
+import mmap
+import os
+
+from runtime import ggml_types as T
+from runtime import kernels
+
+_F32 = ctypes.c_float
+_SIZEOF_F32 = 4
+
+
+class Tensor:
+    """A float32 matrix [rows, cols], rows contiguous, at address `addr`.
+
+    `owner` keeps the memory alive (a ctypes array, or the tensor this one views).
+    """
+
+    __slots__ = ("rows", "cols", "addr", "owner")
+
+    def __init__(self, rows, cols, addr=None, owner=None):
+        self.rows = rows
+        self.cols = cols
+        if addr is None:
+            owner = (_F32 * max(1, rows * cols))()
+            addr = ctypes.addressof(owner)
+        self.addr = addr
+        self.owner = owner
+
+    @property
+    def shape(self):
+        return (self.rows, self.cols)
+
+    @property
+    def size(self):
+        return self.rows * self.cols
+
+    def __len__(self):
+        return self.rows
+
+    @property
+    def __array_interface__(self):
+        # lets tests and tools view it with numpy.asarray, zero copy
+        return {"shape": (self.rows, self.cols), "typestr": "<f4", "version": 3,
+                "data": (self.addr, False)}
+
+    def row(self, i):
+        return list((_F32 * self.cols).from_address(self.addr + i * self.cols * _SIZEOF_F32))
+
+    def __repr__(self):
+        return f"Tensor({self.rows}x{self.cols})"
+
+
+class Weight:
+    """A GGUF tensor in place: ggml `shape` (shape[0] = row length), `type`, `addr`."""
+
+    __slots__ = ("name", "shape", "type", "addr", "gguf", "_floats")
+
+    def __init__(self, gguf, name):
+        info = gguf.tensors[name]
+        self.name = name
+        self.shape = info.shape
+        self.type = info.type
+        self.addr = gguf.tensor_addr(name)
+        self.gguf = gguf  # the map must outlive the handle
+        self._floats = None
+
+    @property
+    def rows(self):
+        n = 1
+        for d in self.shape[1:]:
+            n *= d
+        return n
+
+    def floats(self, lib):
+        """Address of the values as f32: in place for F32, else dequantized once."""
+        if self.type == T.F32:
+            return self.addr
+        if self._floats is None:
+            n = self.shape[0] * self.rows
+            self._floats = (_F32 * n)()
+            lib.lz_dequantize(self.type, self.addr, ctypes.addressof(self._floats), n)
+        return ctypes.addressof(self._floats)
+
+
+class KVCache:
+    """f16 keys and values for all layers: [n_layers][n_ctx][kv_dim] each.
+
+    Anonymous maps, so untouched positions cost no memory (pages are zero on demand).
+    """
+
+    def __init__(self, n_layers, n_ctx, kv_dim):
+        self.n_layers = n_layers
+        self.n_ctx = n_ctx
+        self.kv_dim = kv_dim
+        nbytes = max(1, n_layers * n_ctx * kv_dim * 2)
+        self._k = mmap.mmap(-1, nbytes)
+        self._v = mmap.mmap(-1, nbytes)
+        self.k_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._k))
+        self.v_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._v))
+
+    def layer_addrs(self, layer):
+        off = layer * self.n_ctx * self.kv_dim * 2
+        return self.k_addr + off, self.v_addr + off
+
+
+class CBackend:
+    name = "c"
+
+    def __init__(self, n_threads=None, variant=None):
+        if variant is not None:
+            self.kernels = kernels.load_variant(kernels.machine_arch(), variant)
+        else:
+            self.kernels = kernels.load()
+        self.lib = self.kernels.lib
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.lib.lz_set_threads(self.n_threads)
+        self._rope_inv = {}     # id(RopeParams) -> (params, c_double array)
+        self._rope_table = {}   # id(RopeParams) -> (params, pos0, n, c_float array)
+
+    def describe(self):
+        k = self.kernels
+        return f"C kernels {k.variant} ({k.arch}, {self.lib.lz_get_threads()} threads)"
+
+    # ------------------------------------------------------------ weights, activations
+
+    def weight(self, gguf, name):
+        w = Weight(gguf, name)
+        if w.type not in T.TYPES or not self.lib.lz_type_supported(w.type):
+            raise ValueError(f"{name}: type {T.type_name(w.type)} has no C kernel")
+        return w
+
+    def tensor(self, rows, cols, values=None):
+        """A new activation matrix (zeros, or the given flat sequence of floats)."""
+        t = Tensor(rows, cols)
+        if values is not None:
+            arr = t.owner
+            arr[:] = values
+        return t
+
+    def embed(self, w, ids):
+        n = w.shape[0]
+        out = Tensor(len(ids), n)
+        ids_arr = (ctypes.c_int32 * len(ids))(*ids)
+        self.lib.lz_embed(w.type, w.addr, n, ctypes.addressof(ids_arr), len(ids), out.addr)
+        return out
+
+    def take_rows(self, x, start, stop):
+        return Tensor(stop - start, x.cols, x.addr + start * x.cols * _SIZEOF_F32, x)
+
+    def to_floats(self, x):
+        return [x.row(i) for i in range(x.rows)]
+
+    def argmax_rows(self, x):
+        am = self.lib.lz_argmax
+        stride = x.cols * _SIZEOF_F32
+        return [am(x.addr + i * stride, x.cols) for i in range(x.rows)]
+
+    # ------------------------------------------------------------ ops
+
+    def matmul(self, x, w):
+        k = w.shape[0]
+        if x.cols != k:
+            raise ValueError(f"matmul: activations have {x.cols} columns, {w.name} rows have {k}")
+        rows = w.rows
+        y = Tensor(x.rows, rows)
+        rc = self.lib.lz_matmul(w.type, w.addr, rows, k, x.addr, x.cols, x.rows, y.addr, rows)
+        if rc != 0:
+            raise RuntimeError(f"lz_matmul failed ({rc}) on {w.name}")
+        return y
+
+    def rmsnorm(self, x, w, eps):
+        group = w.shape[0] if w is not None else x.cols
+        y = Tensor(x.rows, x.cols)
+        wp = w.floats(self.lib) if w is not None else None
+        self.lib.lz_rmsnorm(x.addr, y.addr, x.size, wp, group, eps)
+        return y
+
+    def add(self, x, y):
+        self.lib.lz_add(x.addr, y.addr, x.size)
+        return x
+
+    def add_bias(self, x, b):
+        self.lib.lz_add_bias(x.addr, x.rows, x.cols, b.floats(self.lib))
+        return x
+
+    def scale(self, x, s):
+        self.lib.lz_scale(x.addr, x.size, s)
+        return x
+
+    def mul_rows(self, x, w):
+        self.lib.lz_mul_rows(x.addr, x.size, w.floats(self.lib), w.shape[0])
+        return x
+
+    def _rope_cs(self, rope, pos0, n):
+        """cos/sin table for positions pos0..pos0+n, shared by q and k of every layer."""
+        key = id(rope)
+        hit = self._rope_table.get(key)
+        if hit is not None and hit[0] is rope and hit[1] == pos0 and hit[2] == n:
+            return hit[3]
+        inv = self._rope_inv.get(key)
+        if inv is None or inv[0] is not rope:
+            freqs = rope.inv_freq()
+            inv = (rope, (ctypes.c_double * len(freqs))(*freqs))
+            self._rope_inv[key] = inv
+        half = rope.n_rot // 2
+        cs = (_F32 * max(1, n * half * 2))()
+        self.lib.lz_rope_table(cs, pos0, n, inv[1], half)
+        self._rope_table[key] = (rope, pos0, n, cs)
+        return cs
+
+    def rope(self, x, pos0, n_heads, head_dim, rope):
+        cs = self._rope_cs(rope, pos0, x.rows)
+        self.lib.lz_rope(x.addr, x.rows, x.cols, n_heads, head_dim, rope.n_rot,
+                         1 if rope.neox else 0, cs)
+        return x
+
+    def kv_cache(self, n_layers, n_ctx, kv_dim):
+        return KVCache(n_layers, n_ctx, kv_dim)
+
+    def attention(self, q, k, v, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale,
+                  window=0):
+        n = q.rows
+        if pos0 + n > cache.n_ctx:
+            raise ValueError(f"attention: positions {pos0}..{pos0 + n} exceed the cache "
+                             f"of {cache.n_ctx}")
+        kc, vc = cache.layer_addrs(layer)
+        out = Tensor(n, n_heads * head_dim)
+        rc = self.lib.lz_attention(q.addr, q.cols, k.addr, v.addr, k.cols, kc, vc, n, pos0,
+                                   n_heads, n_kv_heads, head_dim, scale, window, out.addr,
+                                   out.cols)
+        if rc != 0:
+            raise RuntimeError(f"lz_attention failed ({rc})")
+        return out
+
+    def swiglu(self, g, u):
+        y = Tensor(g.rows, g.cols)
+        self.lib.lz_swiglu(g.addr, u.addr, y.addr, g.size)
+        return y
+
+    def geglu(self, g, u):
+        y = Tensor(g.rows, g.cols)
+        self.lib.lz_geglu(g.addr, u.addr, y.addr, g.size)
+        return y

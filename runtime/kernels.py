@@ -1,0 +1,308 @@
+"""Pick, find and load the C kernel library for this CPU (stdlib only).
+
+Variants, best last, per architecture (kernels/build.py builds them all):
+    x86_64   generic (portable C), avx2 (+FMA, F16C), avx512 (+BW, VL, VNNI)
+    aarch64  neon (baseline Armv8), dotprod (+dot product, fp16)
+    riscv64  rv64gc, rvv (RVV 1.0, vector-length agnostic)
+
+Choice: `detect_features()` reads the CPU's features (x86: /proc/cpuinfo flags;
+aarch64 and riscv64: getauxval(AT_HWCAP) through ctypes, /proc/cpuinfo as a fallback),
+`choose_variant(arch, features)` takes the best variant they allow; the environment
+variable LLAMAZIP_KERNEL=<variant> overrides it. `describe()` says what was chosen,
+for --info.
+
+Where the library bytes come from (`library_bytes(arch, variant)`):
+  - inside a bundle, the runtime package is imported from a ZIP (its `__loader__` is
+    a zipimport.zipimporter): the kernels are members `kernels/<arch>/<variant>.so`
+    of that same archive, read with the loader's get_data;
+  - in the development tree: `kernels/build/<arch>/<variant>.so` next to `runtime/`,
+    made by `python kernels/build.py` (we never build on demand: a missing library is
+    an error that names that command).
+
+How it is loaded (`load()`): a library that is a plain file in the development tree
+is opened in place. Bytes from a bundle go into an anonymous memory file
+(os.memfd_create) opened as /proc/self/fd/N, so nothing is written to disk; where
+that is unavailable they are written once to ~/.cache/llamazip/<version>/kernels/
+(atomically: temporary file, then rename) and opened from there.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import sys
+
+from runtime import __version__
+from runtime.errors import UserError
+
+VARIANTS = {
+    "x86_64": ("generic", "avx2", "avx512"),
+    "aarch64": ("neon", "dotprod"),
+    "riscv64": ("rv64gc", "rvv"),
+}
+
+# Features each variant needs, in the names /proc/cpuinfo uses.
+REQUIRES = {
+    ("x86_64", "generic"): set(),
+    ("x86_64", "avx2"): {"avx2", "fma", "f16c"},
+    ("x86_64", "avx512"): {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                           "avx512_vnni"},
+    ("aarch64", "neon"): set(),
+    ("aarch64", "dotprod"): {"asimddp", "asimdhp"},
+    ("riscv64", "rv64gc"): set(),
+    ("riscv64", "rvv"): {"v"},
+}
+
+ABI_VERSION = 1
+
+_AT_HWCAP = 16
+# aarch64 AT_HWCAP bits (Linux arch/arm64/include/uapi/asm/hwcap.h)
+_ARM_HWCAP = {"fp": 0, "asimd": 1, "fphp": 9, "asimdhp": 10, "asimddp": 20, "sve": 22}
+
+
+def machine_arch():
+    """Our name for the running architecture, or the raw machine name if unknown."""
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64",
+            "aarch64": "aarch64", "riscv64": "riscv64"}.get(m, m)
+
+
+def _cpuinfo():
+    try:
+        with open("/proc/cpuinfo", "r", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _getauxval(kind):
+    try:
+        libc = ctypes.CDLL(None)
+        fn = libc.getauxval
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_ulong
+    fn.argtypes = [ctypes.c_ulong]
+    return fn(kind)
+
+
+def detect_features(arch=None):
+    """The CPU features relevant to our variants, as a set of lowercase names."""
+    arch = arch or machine_arch()
+    features = set()
+    info = _cpuinfo()
+    if arch == "x86_64":
+        for line in info.splitlines():
+            if line.startswith("flags"):
+                features.update(line.split(":", 1)[1].split())
+                break
+    elif arch == "aarch64":
+        hwcap = _getauxval(_AT_HWCAP)
+        if hwcap:
+            features.update(name for name, bit in _ARM_HWCAP.items() if hwcap >> bit & 1)
+        else:
+            for line in info.splitlines():
+                if line.startswith("Features"):
+                    features.update(line.split(":", 1)[1].split())
+                    break
+    elif arch == "riscv64":
+        hwcap = _getauxval(_AT_HWCAP)
+        if hwcap:
+            # single-letter extensions: bit (letter - 'a')
+            features.update(chr(ord("a") + i) for i in range(26) if hwcap >> i & 1)
+        else:
+            for line in info.splitlines():
+                if line.startswith("isa"):
+                    isa = line.split(":", 1)[1].strip().lower()
+                    base = isa.split("_")[0]
+                    if base.startswith("rv64"):
+                        features.update(base[4:])
+                    break
+    return features
+
+
+def choose_variant(arch, features, override=None):
+    """The best variant of `arch` that `features` allow, or `override` if given."""
+    if arch not in VARIANTS:
+        raise UserError(f"no C kernels for the {arch} architecture (they exist for "
+                        f"{', '.join(VARIANTS)}); use --backend numpy")
+    if override:
+        if override not in VARIANTS[arch]:
+            raise UserError(f"LLAMAZIP_KERNEL={override} is not a {arch} kernel variant; "
+                            f"choose one of {', '.join(VARIANTS[arch])}")
+        return override
+    best = VARIANTS[arch][0]
+    for variant in VARIANTS[arch]:
+        if REQUIRES[(arch, variant)] <= set(features):
+            best = variant
+    return best
+
+
+def fallbacks(arch, variant):
+    """`variant` and then every lesser variant of `arch`, best first."""
+    order = VARIANTS[arch]
+    return list(reversed(order[:order.index(variant) + 1]))
+
+
+# ---------------------------------------------------------------- library bytes
+
+def _dev_root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _zip_loader():
+    """The zipimporter that loaded this package, when running from a bundle."""
+    loader = globals().get("__loader__")
+    try:
+        import zipimport
+    except ImportError:
+        return None
+    return loader if isinstance(loader, zipimport.zipimporter) else None
+
+
+def dev_library_path(arch, variant):
+    return os.path.join(_dev_root(), "kernels", "build", arch, f"{variant}.so")
+
+
+def library_bytes(arch, variant):
+    """The bytes of kernels/<arch>/<variant>.so, from the bundle or the dev tree.
+
+    Returns (data, path): `path` is a file that can be opened in place (dev tree),
+    else None. Raises FileNotFoundError naming what is missing.
+    """
+    loader = _zip_loader()
+    if loader is not None:
+        member = f"kernels/{arch}/{variant}.so"
+        try:
+            return loader.get_data(os.path.join(loader.archive, member)), None
+        except OSError:
+            raise FileNotFoundError(f"the bundle has no {member}") from None
+    path = dev_library_path(arch, variant)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{os.path.relpath(path, _dev_root())} is missing; "
+                                "build the kernels with `python kernels/build.py`")
+    with open(path, "rb") as f:
+        return f.read(), path
+
+
+def _open_bytes(data, arch, variant):
+    """dlopen a library held in memory: memfd first, else a cached file on disk."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.memfd_create(f"llamazip-{variant}", getattr(os, "MFD_CLOEXEC", 1))
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                return ctypes.CDLL(f"/proc/self/fd/{fd}"), "memfd"
+            except OSError:
+                pass
+            finally:
+                os.close(fd)  # the loaded mapping keeps the file alive
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    cache = os.environ.get("LLAMAZIP_CACHE", os.path.expanduser("~/.cache/llamazip"))
+    folder = os.path.join(cache, __version__, "kernels", arch)
+    path = os.path.join(folder, f"{variant}-{digest}.so")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return ctypes.CDLL(path), path
+
+
+# ---------------------------------------------------------------- the ABI
+
+_c = ctypes
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_F = ctypes.c_float
+_INT = ctypes.c_int
+
+SIGNATURES = {
+    "lz_abi_version": (_INT, []),
+    "lz_variant": (ctypes.c_char_p, []),
+    "lz_set_threads": (None, [_INT]),
+    "lz_get_threads": (_INT, []),
+    "lz_set_spin_ns": (None, [_I64]),
+    "lz_type_supported": (_INT, [_INT]),
+    "lz_matmul": (_INT, [_INT, _P, _I64, _I64, _P, _I64, _I64, _P, _I64]),
+    "lz_dequantize": (None, [_INT, _P, _P, _I64]),
+    "lz_quantize_act": (_INT, [_INT, _P, _P, _I64]),
+    "lz_embed": (None, [_INT, _P, _I64, _P, _I64, _P]),
+    "lz_rmsnorm": (None, [_P, _P, _I64, _P, _I64, _F]),
+    "lz_mul_rows": (None, [_P, _I64, _P, _I64]),
+    "lz_add": (None, [_P, _P, _I64]),
+    "lz_add_bias": (None, [_P, _I64, _I64, _P]),
+    "lz_scale": (None, [_P, _I64, _F]),
+    "lz_swiglu": (None, [_P, _P, _P, _I64]),
+    "lz_geglu": (None, [_P, _P, _P, _I64]),
+    "lz_argmax": (_I64, [_P, _I64]),
+    "lz_rope_table": (None, [_P, _I64, _I64, _P, _INT]),
+    "lz_rope": (None, [_P, _I64, _I64, _INT, _INT, _INT, _INT, _P]),
+    "lz_attention": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _INT, _INT, _INT, _F,
+                            _I64, _P, _I64]),
+    "lz_h2f_row": (None, [_P, _P, _I64]),
+    "lz_f2h_row": (None, [_P, _P, _I64]),
+}
+
+
+class Kernels:
+    """A loaded kernel library: `lib` (ctypes, signatures set), `arch`, `variant`, `source`."""
+
+    def __init__(self, lib, arch, variant, source, chosen_by):
+        self.lib = lib
+        self.arch = arch
+        self.variant = variant
+        self.source = source
+        self.chosen_by = chosen_by
+        for name, (res, args) in SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+        if lib.lz_abi_version() != ABI_VERSION:
+            raise UserError(f"kernel library {variant} has ABI {lib.lz_abi_version()}, "
+                            f"the runtime wants {ABI_VERSION}; rebuild with "
+                            "`python kernels/build.py`")
+
+
+def load_variant(arch, variant, chosen_by="explicit"):
+    data, path = library_bytes(arch, variant)
+    if path is not None:
+        lib, source = ctypes.CDLL(path), path
+    else:
+        lib, source = _open_bytes(data, arch, variant)
+    return Kernels(lib, arch, variant, source, chosen_by)
+
+
+_loaded = None
+
+
+def load():
+    """The kernel library for this machine (loaded once per process)."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    arch = machine_arch()
+    override = os.environ.get("LLAMAZIP_KERNEL") or None
+    variant = choose_variant(arch, detect_features(arch), override)
+    chosen_by = "LLAMAZIP_KERNEL" if override else "cpu features"
+    missing = []
+    for candidate in fallbacks(arch, variant) if not override else [variant]:
+        try:
+            _loaded = load_variant(arch, candidate, chosen_by)
+            return _loaded
+        except FileNotFoundError as e:
+            missing.append(str(e))
+    raise UserError("no kernel library: " + "; ".join(missing))
+
+
+def describe():
+    """One line for --info: which library runs, why, and from where."""
+    k = load()
+    return (f"{k.variant} ({k.arch}, chosen by {k.chosen_by}, "
+            f"{k.lib.lz_get_threads()} thread(s), from {k.source})")
