@@ -114,13 +114,11 @@ class Tokenizer:
 
         # Vocabulary. Empty texts get a placeholder, as llama.cpp does; with
         # duplicate texts the later id wins the text -> id lookup.
-        self.texts = []
-        self.token_to_id = {}
-        for i, text in enumerate(tokens):
+        self.texts = list(tokens)
+        for i, text in enumerate(self.texts):
             if not text:
-                text = f"[EMPTY_{i}]"
-            self.texts.append(text)
-            self.token_to_id[text] = i
+                self.texts[i] = f"[EMPTY_{i}]"
+        self.token_to_id = dict(zip(self.texts, range(n)))
         scores = metadata.get("tokenizer.ggml.scores")
         self.scores = list(scores) if scores is not None else [0.0] * n
         types = metadata.get("tokenizer.ggml.token_type")
@@ -189,11 +187,12 @@ class Tokenizer:
                                      if SPM_SPACE in t.lstrip(SPM_SPACE)]
             self._byte_ids = [self._spm_byte_token(b) for b in range(256)]
         else:
-            self.bpe_ranks = {}
-            for rank, merge in enumerate(metadata.get("tokenizer.ggml.merges") or []):
-                cut = merge.find(" ", 1)
-                pair = (merge[:cut], merge[cut + 1:]) if cut >= 0 else ("", "")
-                self.bpe_ranks.setdefault(pair, rank)
+            # Merge rules "left right" -> rank, looked up as left + " " + right.
+            # llama.cpp splits a rule at its first space after the first character;
+            # the two agree because BPE symbols never hold a raw space. Built in
+            # reverse so that of duplicate rules the first rank wins, as there.
+            merges = metadata.get("tokenizer.ggml.merges") or []
+            self.bpe_ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
         self._word_cache = {}
         self._pieces = [None] * n
 
@@ -216,24 +215,24 @@ class Tokenizer:
         llama.cpp walks a hash map, so when several texts of one list are in the
         vocabulary the one it picks is arbitrary; we take the lowest id.
         """
-        in_vocab = sorted(self.token_to_id.items(), key=lambda kv: kv[1])
+        def first_in_vocab(texts):
+            ids = [self.token_to_id[t] for t in texts if t in self.token_to_id]
+            return min(ids) if ids else None
+
         if self.eot_id is None:
-            for text, i in in_vocab:
-                if text in _EOT_TEXTS:
-                    self.eot_id = i
-                    self._make_control(i)
-                    break
-        if self.eom_id is None and "<|eom_id|>" in self.token_to_id:
-            self.eom_id = self.token_to_id["<|eom_id|>"]
-            self._make_control(self.eom_id)
+            self.eot_id = first_in_vocab(_EOT_TEXTS)
+            if self.eot_id is not None:
+                self._make_control(self.eot_id)
+        if self.eom_id is None:
+            self.eom_id = first_in_vocab(["<|eom_id|>"])
+            if self.eom_id is not None:
+                self._make_control(self.eom_id)
         for kind, texts in _FIM_TEXTS.items():
             if self.fim_ids[kind] is None:
-                for text, i in in_vocab:
-                    if text in texts:
-                        self.fim_ids[kind] = i
-                        self._make_control(i)
-                        break
-        for text, i in in_vocab:
+                self.fim_ids[kind] = first_in_vocab(texts)
+                if self.fim_ids[kind] is not None:
+                    self._make_control(self.fim_ids[kind])
+        for text, i in self.token_to_id.items():
             if self.attrs[i] & ATTR_CONTROL and "unused" in text:
                 self.attrs[i] |= ATTR_UNUSED
 
@@ -241,8 +240,9 @@ class Tokenizer:
         for kind in ("pad", "rep", "sep"):
             if self.fim_ids[kind] is not None:
                 eog.add(self.fim_ids[kind])
-        for text, i in in_vocab:
-            if text in _EOG_TEXTS:
+        for text in _EOG_TEXTS:
+            i = self.token_to_id.get(text)
+            if i is not None:
                 eog.add(i)
                 self._make_control(i)
         for i in (self.eos_id, self.eot_id, self.eom_id):
@@ -490,7 +490,7 @@ class Tokenizer:
         def try_pair(left, right):
             if left < 0 or right < 0:
                 return
-            rank = ranks.get((symbols[left], symbols[right]))
+            rank = ranks.get(symbols[left] + " " + symbols[right])
             if rank is not None:
                 heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
 
@@ -620,10 +620,12 @@ class StreamDecoder:
     """Turns a stream of token ids into text, one complete character at a time.
 
     A character whose UTF-8 bytes are split over several tokens (byte tokens,
-    emoji in BPE vocabularies) comes out once its last byte arrives.
+    emoji in BPE vocabularies) comes out once its last byte arrives. Like
+    llama-cli (without --special), control tokens print as nothing unless
+    special=True.
     """
 
-    def __init__(self, tokenizer, special=True):
+    def __init__(self, tokenizer, special=False):
         self.tokenizer = tokenizer
         self.special = special
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
