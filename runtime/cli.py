@@ -50,6 +50,23 @@ def build_parser():
     p.add_argument("--backend", default=os.environ.get("LLAMAZIP_BACKEND", "auto"),
                    choices=("auto", "c", "numpy"), help="compute backend (default: auto)")
     p.add_argument("-v", "--verbose", action="store_true")
+    server = p.add_argument_group("server (--server)")
+    server.add_argument("--server", action="store_true",
+                        help="serve the OpenAI API, llama.cpp's endpoints and a chat page")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
+    server.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    server.add_argument("--api-key-file", help="file with API keys, one a line")
+    server.add_argument("--cors", metavar="ORIGIN",
+                        help="allow browsers on ORIGIN (or *) to call the API")
+    server.add_argument("-np", "--parallel", type=int, default=1,
+                        help="requests generated at once, each with its own KV cache")
+    server.add_argument("--queue", type=int, default=16,
+                        help="requests that may wait for a slot; beyond that, 503")
+    server.add_argument("-to", "--timeout", type=float, default=600,
+                        help="seconds a client may stay silent while sending a request")
+    server.add_argument("--nobrowser", action="store_true",
+                        help="do not open the chat page in a browser")
     return p
 
 
@@ -220,6 +237,9 @@ def run(argv=None, model_region=None):
     gguf = open_model(args, model_region)
     if args.tokenize:
         return cmd_tokenize(args, gguf)
+    if args.server:
+        from runtime.server import serve
+        return serve(args, gguf)
     if args.info:
         return cmd_info(args, gguf)
     if args.perplexity:
