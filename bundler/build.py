@@ -58,13 +58,20 @@ def _read(path):
 
 
 def runtime_members():
-    """runtime/*.py and the bundle's __main__.py."""
-    folder = os.path.join(REPO, "runtime")
-    members = [("__main__.py", _read(os.path.join(REPO, "bundler", "bundle_main.py")))]
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            members.append((f"runtime/{name}", _read(os.path.join(folder, name))))
-    return members
+    """The bundle's __main__.py and everything in runtime/ (code and its data files)."""
+    return [("__main__.py", _read(os.path.join(REPO, "bundler", "bundle_main.py")))] + [
+        (os.path.relpath(path, REPO).replace(os.sep, "/"), _read(path))
+        for path in _package_files(os.path.join(REPO, "runtime"))]
+
+
+def _package_files(root, suffix=""):
+    """Files under root in a fixed order, without caches."""
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        paths += [os.path.join(folder, n) for n in sorted(files)
+                  if n.endswith(suffix) and not n.endswith(".pyc")]
+    return paths
 
 
 def vendored_members():
@@ -77,13 +84,9 @@ def vendored_members():
             raise UserError(f"{package} is not installed; it is bundled for chat templates: "
                             f"pip install {package}")
         root = list(spec.submodule_search_locations)[0]
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    path = os.path.join(folder, name)
-                    rel = os.path.relpath(path, os.path.dirname(root)).replace(os.sep, "/")
-                    members.append((rel, _read(path)))
+        for path in _package_files(root, ".py"):
+            rel = os.path.relpath(path, os.path.dirname(root)).replace(os.sep, "/")
+            members.append((rel, _read(path)))
         try:
             dist = importlib.metadata.distribution(package)
             for f in dist.files or []:
@@ -281,9 +284,8 @@ def build(model=None, output=None, launcher_kind="portable", arches=ARCHES, args
 
 
 def runtime_paths():
-    folder = os.path.join(REPO, "runtime")
-    return [os.path.join(REPO, "bundler", "bundle_main.py")] + [
-        os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".py")]
+    return [os.path.join(REPO, "bundler", "bundle_main.py")] + _package_files(
+        os.path.join(REPO, "runtime"), ".py")
 
 
 def vendored_paths():
@@ -291,8 +293,7 @@ def vendored_paths():
     for package in VENDORED:
         spec = importlib.util.find_spec(package)
         if spec and spec.submodule_search_locations:
-            for folder, _, files in os.walk(list(spec.submodule_search_locations)[0]):
-                paths += [os.path.join(folder, n) for n in files if n.endswith(".py")]
+            paths += _package_files(list(spec.submodule_search_locations)[0], ".py")
     return paths
 
 
@@ -324,5 +325,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    print_summary(summary)
+    try:
+        print_summary(summary)
+    except BrokenPipeError:  # `| head`: the bundle is written; nothing more to say
+        sys.stdout = None
     return 0

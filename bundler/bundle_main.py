@@ -22,13 +22,21 @@ if sys.version_info < (3, 9):
     sys.exit(2)
 
 import importlib.util  # noqa: E402  (after the version check on purpose)
+import zipimport  # noqa: E402
 
 
-class BundleImporter:
-    """Imports the bundle's pure-Python packages (runtime, jinja2, markupsafe) from source."""
+class BundleImporter(zipimport.zipimporter):
+    """Imports the bundle's pure-Python packages (runtime, jinja2, markupsafe) from source.
 
-    def __init__(self, archive, zip_file):
+    A zipimporter by type only (its __init__, which cannot read ZIP64 before 3.13, is
+    not called): code that asks "was I loaded from a ZIP?" with isinstance, as
+    runtime/kernels.py does, gets yes, and then uses `archive` and `get_data` below.
+    """
+
+    def __init__(self, archive, zip_file):  # noqa: super().__init__ deliberately not called
         self.archive = archive
+        self.prefix = ""
+        self._files = {}
         self.zip = zip_file
         self.members = set(zip_file.namelist())
 

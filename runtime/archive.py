@@ -155,6 +155,8 @@ def merge_args(default_args, user_args):
 
 def verify_bundle(path):
     """--verify: check every member against the manifest; one line per damaged member."""
+    if not path:
+        raise UserError("--verify checks a bundle; run it as ./MODEL.llamafile --verify")
     bundle = Bundle(path)
     problems = bundle.verify()
     for name, problem in problems:

@@ -47,6 +47,8 @@ def build_parser():
     p.add_argument("--tokenize", action="store_true", help="print the prompt's token ids as JSON")
     p.add_argument("--perplexity", action="store_true", help="perplexity of the -f text")
     p.add_argument("--info", action="store_true", help="print model facts and the kernel choice")
+    p.add_argument("--verify", action="store_true",
+                   help="check every member of this bundle against its manifest")
     p.add_argument("--backend", default=os.environ.get("LLAMAZIP_BACKEND", "auto"),
                    choices=("auto", "c", "numpy"), help="compute backend (default: auto)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -172,6 +174,11 @@ def cmd_info(args, gguf):
         types[name] = types.get(name, 0) + 1
     info = {"model": gguf.source, "gguf_version": gguf.version, "tensors": len(gguf.tensors),
             "tensor_types": types, "metadata": meta}
+    from runtime import archive
+    if archive.current() is not None:  # running from a bundle: what it was built with
+        manifest = dict(archive.current().manifest() or {})
+        manifest["members"] = len(manifest.get("members", {}))
+        info["bundle"] = manifest
     try:
         from runtime import kernels
         info["kernels"] = kernels.describe()
@@ -234,6 +241,9 @@ def wants_chat(args):
 
 def run(argv=None, model_region=None):
     args = build_parser().parse_args(argv)
+    if args.verify:  # before parsing the model, which may be the damaged part
+        from runtime.archive import verify_bundle
+        return verify_bundle(model_region[0] if model_region else args.model)
     gguf = open_model(args, model_region)
     if args.tokenize:
         return cmd_tokenize(args, gguf)
