@@ -54,6 +54,23 @@ class ApiError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+class IgnoreEos:
+    """llama.cpp's `ignore_eos`: generate past end-of-generation tokens (benchmarks)."""
+
+    def __init__(self, eog_ids):
+        self.eog = eog_ids
+
+    def sample(self, sampler, logits, history):
+        masked = list(logits)
+        for t in self.eog:
+            if 0 <= t < len(masked):
+                masked[t] = float("-inf")
+        return sampler.sample(masked, history)
+
+    def advance(self, token):
+        return False
+
+
 class ClientGone(Exception):
     """The client closed its connection."""
 
@@ -437,7 +454,11 @@ class Handler(BaseHTTPRequestHandler):
         """http.server's own errors (bad request line, headers too long, unknown
         method) as JSON too."""
         if code == 501:
-            code = 405
+            code = 405      # a method we do not know
+        elif code >= 500:
+            code = 400      # 505: an HTTP version we do not speak
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"   # a garbled request line: still answer with headers
         self.close_connection = True
         try:
             self.send_json(code, ApiError(code, message or "bad request").body())
@@ -519,6 +540,7 @@ class Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             self.close_connection = True    # we do not read it, so the connection is spent
             raise ApiError(413, f"the request body is {length} bytes; the limit is {MAX_BODY}")
+        self._body_read = True
         try:
             data = self.rfile.read(length) if length else b""
         except socket.timeout:
@@ -606,6 +628,8 @@ class Handler(BaseHTTPRequestHandler):
             self._reply_error(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
 
     def _reply_error(self, e):
+        if not getattr(self, "_body_read", False) and self.headers.get("Content-Length", "0") != "0":
+            self.close_connection = True    # the unread body must not be taken for a request
         if getattr(self, "_streaming", False):
             try:
                 self.send_event({"error": e.body()["error"]})
@@ -970,6 +994,8 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("json_schema") is not None:
             constraint = self._constraint({"response_format": {
                 "type": "json_schema", "json_schema": {"schema": body["json_schema"]}}})
+        if _field(body, "ignore_eos", bool, False) and constraint is None:
+            constraint = IgnoreEos(engine.tokenizer.eog_ids)
 
         def final(session, text, slot):
             stop_type = "limit"

@@ -1,0 +1,80 @@
+"""The chat page in headless Chromium: type a message, watch the answer stream in.
+
+Needs the system's chromium and chromedriver (scripts/setup.sh installs them) and the
+selenium package; nothing is downloaded. Skipped where they are missing.
+"""
+
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from tests.models import smollm2
+from tests.server_process import ServerProcess
+
+webdriver = pytest.importorskip("selenium.webdriver")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="chromium and chromedriver are not installed")
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerProcess(smollm2(), "-c", "256", "-np", "1")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def browser():
+    from selenium.webdriver.chrome.service import Service
+    profile = tempfile.mkdtemp(prefix="llamazip-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_page_streams_an_answer(server, browser):
+    from selenium.webdriver.common.by import By
+    browser.get(server.url + "/")
+    assert browser.title == "llamazip"
+    browser.find_element(By.ID, "toggle").click()
+    max_tokens = browser.find_element(By.ID, "maxTokens")
+    max_tokens.clear()
+    max_tokens.send_keys("12")
+    browser.execute_script("document.getElementById('maxTokens').dispatchEvent(new Event('change'))")
+    browser.find_element(By.ID, "input").send_keys("What is the capital of France?")
+    browser.find_element(By.ID, "send").click()
+
+    # Streaming: the answer shows partial text before it is done.
+    seen_partial = False
+    deadline = time.monotonic() + 180
+    answer = None
+    while time.monotonic() < deadline:
+        answers = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")
+        if answers:
+            answer = answers[-1]
+            done = answer.get_attribute("data-done") == "1"
+            if answer.text and not done:
+                seen_partial = True
+            if done:
+                break
+        time.sleep(0.05)
+    assert answer is not None and answer.get_attribute("data-done") == "1"
+    assert answer.text.strip()
+    assert seen_partial, "the answer arrived all at once, not streamed"
+    assert browser.find_elements(By.CSS_SELECTOR, ".stats")      # t/s shown after the answer
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
