@@ -7,6 +7,11 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user unzip >/dev/null
     fi
+    # The chat page's browser test drives the system Chromium (never a downloaded one).
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
 fi
 python -m pip install -q -e ".[test]"
 python kernels/build.py
