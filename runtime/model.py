@@ -10,7 +10,7 @@ import copy
 import math
 
 from runtime import ggml_types
-from runtime.backend_numpy import RopeParams
+from runtime.rope import RopeParams
 from runtime.errors import UserError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
