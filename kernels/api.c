@@ -19,7 +19,9 @@
 //   int  lz_attention(q, ldq, k, v, ldkv, kc, vc, n_tokens, pos0, n_heads, n_kv_heads,
 //                     head_dim, scale, window, out, ldo)
 //   void lz_swiglu(g, u, out, n); lz_geglu(g, u, out, n); int64_t lz_argmax(x, n)
+//   double lz_logprob(x, n, target)              log softmax(x)[target]
 //   void lz_h2f_row / lz_f2h_row (f16 <-> f32)
+//   uint64_t lz_stream_read(buf, nbytes)     read a buffer with all threads (benchmarks)
 #include "ops.h"
 #include "quants.h"
 #include "threads.h"
@@ -69,8 +71,8 @@ LZ_API int lz_quantize_act(int type, const float *x, float *out, int64_t k) {
     const int8_t *qs = (const int8_t *)buf;
     switch (kind) {
     case XQ_Q8: {
-        const float *ds = xq8_ds(buf, k);
-        for (int64_t i = 0; i < k; i++) out[i] = qs[i] * ds[(i / 64) * 4 + (i / 32) % 2];
+        const float *d = xq8_d(buf, k);
+        for (int64_t i = 0; i < k; i++) out[i] = qs[i] * d[i / 32];
         break;
     }
     case XQ_Q8K: {
@@ -88,4 +90,32 @@ LZ_API int lz_quantize_act(int type, const float *x, float *out, int64_t k) {
         for (int64_t i = 0; i < k; i++) out[i] = x[i];
     }
     return 0;
+}
+
+// ---------------------------------------------------------------- benchmarking
+
+typedef struct { const uint64_t *p; int64_t n; uint64_t out[256]; } read_job;
+
+static void read_worker(void *arg, int ith, int nth) {
+    read_job *j = (read_job *)arg;
+    int64_t per = (j->n / nth + 63) & ~(int64_t)63;
+    int64_t lo = per * ith, hi = lo + per < j->n ? lo + per : j->n;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (int64_t i = lo; i + 4 <= hi; i += 4) {
+        a += j->p[i]; b += j->p[i + 1]; c += j->p[i + 2]; d += j->p[i + 3];
+    }
+    j->out[ith & 255] = a + b + c + d;
+}
+
+// Read nbytes from buf with every pool thread: the machine's streaming read rate,
+// the yardstick for the matrix x vector kernels (bench/bench_kernels.py).
+LZ_API uint64_t lz_stream_read(const void *buf, int64_t nbytes) {
+    read_job j;
+    j.p = (const uint64_t *)buf;
+    j.n = nbytes / 8;
+    memset(j.out, 0, sizeof j.out);
+    lz_pool_run(read_worker, &j);
+    uint64_t s = 0;
+    for (int i = 0; i < 256; i++) s += j.out[i];
+    return s;
 }

@@ -15,20 +15,18 @@ lz_kernels lz_k;
 // ---------------------------------------------------------------- portable dots
 // Integer sums inside a block are exact; the float work is per block.
 
-static inline float xq8_d(const float *ds, int64_t b) { return ds[(b >> 1) * 4 + (b & 1)]; }
-static inline float xq8_s(const float *ds, int64_t b) { return ds[(b >> 1) * 4 + 2 + (b & 1)]; }
 static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 static float dot_q4_0(const uint8_t *w, const uint8_t *x, int64_t k) {
     const block_q4_0 *b = (const block_q4_0 *)w;
     const int8_t *xq = (const int8_t *)x;
-    const float *ds = xq8_ds(x, k);
+    const float *dx = xq8_d(x, k);
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++, xq += QK) {
         int isum = 0;
         for (int j = 0; j < 16; j++)
             isum += ((b[i].qs[j] & 0xf) - 8) * xq[j] + ((b[i].qs[j] >> 4) - 8) * xq[j + 16];
-        sum += lz_h2f(b[i].d) * xq8_d(ds, i) * (float)isum;
+        sum += lz_h2f(b[i].d) * dx[i] * (float)isum;
     }
     return sum;
 }
@@ -36,13 +34,13 @@ static float dot_q4_0(const uint8_t *w, const uint8_t *x, int64_t k) {
 static float dot_q4_1(const uint8_t *w, const uint8_t *x, int64_t k) {
     const block_q4_1 *b = (const block_q4_1 *)w;
     const int8_t *xq = (const int8_t *)x;
-    const float *ds = xq8_ds(x, k);
+    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++, xq += QK) {
         int isum = 0;
         for (int j = 0; j < 16; j++)
             isum += (b[i].qs[j] & 0xf) * xq[j] + (b[i].qs[j] >> 4) * xq[j + 16];
-        sum += lz_h2f(b[i].d) * xq8_d(ds, i) * (float)isum + lz_h2f(b[i].m) * xq8_s(ds, i);
+        sum += lz_h2f(b[i].d) * dx[i] * (float)isum + lz_h2f(b[i].m) * sx[i];
     }
     return sum;
 }
@@ -50,7 +48,7 @@ static float dot_q4_1(const uint8_t *w, const uint8_t *x, int64_t k) {
 static float dot_q5_0(const uint8_t *w, const uint8_t *x, int64_t k) {
     const block_q5_0 *b = (const block_q5_0 *)w;
     const int8_t *xq = (const int8_t *)x;
-    const float *ds = xq8_ds(x, k);
+    const float *dx = xq8_d(x, k);
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++, xq += QK) {
         uint32_t qh = ld32(b[i].qh);
@@ -60,7 +58,7 @@ static float dot_q5_0(const uint8_t *w, const uint8_t *x, int64_t k) {
             int hi = ((b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - 16;
             isum += lo * xq[j] + hi * xq[j + 16];
         }
-        sum += lz_h2f(b[i].d) * xq8_d(ds, i) * (float)isum;
+        sum += lz_h2f(b[i].d) * dx[i] * (float)isum;
     }
     return sum;
 }
@@ -68,7 +66,7 @@ static float dot_q5_0(const uint8_t *w, const uint8_t *x, int64_t k) {
 static float dot_q5_1(const uint8_t *w, const uint8_t *x, int64_t k) {
     const block_q5_1 *b = (const block_q5_1 *)w;
     const int8_t *xq = (const int8_t *)x;
-    const float *ds = xq8_ds(x, k);
+    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++, xq += QK) {
         uint32_t qh = ld32(b[i].qh);
@@ -78,7 +76,7 @@ static float dot_q5_1(const uint8_t *w, const uint8_t *x, int64_t k) {
             int hi = (b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
             isum += lo * xq[j] + hi * xq[j + 16];
         }
-        sum += lz_h2f(b[i].d) * xq8_d(ds, i) * (float)isum + lz_h2f(b[i].m) * xq8_s(ds, i);
+        sum += lz_h2f(b[i].d) * dx[i] * (float)isum + lz_h2f(b[i].m) * sx[i];
     }
     return sum;
 }
@@ -86,12 +84,12 @@ static float dot_q5_1(const uint8_t *w, const uint8_t *x, int64_t k) {
 static float dot_q8_0(const uint8_t *w, const uint8_t *x, int64_t k) {
     const block_q8_0 *b = (const block_q8_0 *)w;
     const int8_t *xq = (const int8_t *)x;
-    const float *ds = xq8_ds(x, k);
+    const float *dx = xq8_d(x, k);
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++, xq += QK) {
         int isum = 0;
         for (int j = 0; j < QK; j++) isum += b[i].qs[j] * xq[j];
-        sum += lz_h2f(b[i].d) * xq8_d(ds, i) * (float)isum;
+        sum += lz_h2f(b[i].d) * dx[i] * (float)isum;
     }
     return sum;
 }

@@ -136,6 +136,15 @@ int64_t lz_argmax(const float *x, int64_t n) {
     return best;
 }
 
+// log softmax(x)[target], in double (perplexity sums thousands of these).
+double lz_logprob(const float *x, int64_t n, int64_t target) {
+    double top = x[0];
+    for (int64_t i = 1; i < n; i++) top = x[i] > top ? x[i] : top;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += exp((double)x[i] - top);
+    return (double)x[target] - top - log(sum);
+}
+
 void lz_embed(int type, const void *table, int64_t n, const int32_t *ids, int64_t n_ids, float *out) {
     const lz_type_ops *o = &lz_k.types[type];
     size_t row = (size_t)(n / o->block) * (size_t)o->type_size;

@@ -15,6 +15,7 @@ LZ_API void lz_add_bias(float *x, int64_t rows, int64_t n, const float *b);
 LZ_API void lz_scale(float *x, int64_t n, float s);
 LZ_API void lz_swiglu(const float *g, const float *u, float *out, int64_t n);
 LZ_API void lz_geglu(const float *g, const float *u, float *out, int64_t n);
+LZ_API double lz_logprob(const float *x, int64_t n, int64_t target);
 LZ_API int64_t lz_argmax(const float *x, int64_t n);
 LZ_API void lz_embed(int type, const void *table, int64_t n, const int32_t *ids, int64_t n_ids, float *out);
 LZ_API void lz_rope_table(float *cs, int64_t pos0, int64_t n_tokens, const double *inv_freq, int half);

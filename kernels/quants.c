@@ -26,8 +26,9 @@ static inline float round_even(float v) {
 
 void lz_quant_q8(const float *x, void *out, int64_t k) {
     int8_t *qs = (int8_t *)out;
-    float *ds = (float *)(qs + lz_pad64(k));
+    float *dd = (float *)(qs + lz_pad64(k));
     int64_t nb = k / QK, nbp = lz_pad64(k) / QK;
+    float *ss = dd + nbp;
     for (int64_t b = 0; b < nbp; b++) {
         float dq = 0.0f, s = 0.0f;
         int8_t *q = qs + b * QK;
@@ -52,8 +53,8 @@ void lz_quant_q8(const float *x, void *out, int64_t k) {
         } else {
             memset(q, 0, QK);
         }
-        ds[(b / 2) * 4 + (b & 1)] = dq;
-        ds[(b / 2) * 4 + 2 + (b & 1)] = s;
+        dd[b] = dq;
+        ss[b] = s;
     }
 }
 
@@ -61,6 +62,7 @@ void lz_quant_q8k(const float *x, void *out, int64_t k) {
     int8_t *qs = (int8_t *)out;
     float *dd = (float *)(qs + k);
     int16_t *bsums = (int16_t *)(dd + k / QK_K);
+    float *s16 = (float *)(bsums + k / 16);
     for (int64_t b = 0; b < k / QK_K; b++) {
         const float *v = x + b * QK_K;
         int8_t *q = qs + b * QK_K;
@@ -74,6 +76,7 @@ void lz_quant_q8k(const float *x, void *out, int64_t k) {
             dd[b] = 0.0f;
             memset(q, 0, QK_K);
             memset(bsums + b * 16, 0, 32);
+            memset(s16 + b * 16, 0, 64);
             continue;
         }
         float iscale = -127.0f / max;
@@ -87,6 +90,7 @@ void lz_quant_q8k(const float *x, void *out, int64_t k) {
             bsums[b * 16 + g] = (int16_t)sum;
         }
         dd[b] = 1.0f / iscale;
+        for (int g = 0; g < 16; g++) s16[b * 16 + g] = dd[b] * (float)bsums[b * 16 + g];
     }
 }
 

@@ -66,15 +66,15 @@ _Static_assert(sizeof(block_q6_k) == 210, "q6_k");
 // XQ_Q8 (for Q4_0..Q8_0): blocks of 32 int8 with an f16-rounded scale d (= amax/127)
 // and s = d * sum(q) (what the Q4_1/Q5_1 minimum and the Q4_0/Q5_0 offset need).
 // A row of k values, k padded to kp = a multiple of 64 with zero blocks:
-//     int8  qs[kp]               the values, block after block
-//     float ds[kp/64][4]         per pair of blocks: d0, d1, s0, s1
-// The pair grouping lets 512-bit kernels take two blocks per register.
+//     int8  qs[kp]; float d[kp/32]; float s[kp/32]
+// The padding to pairs of blocks lets 512-bit kernels take two blocks per register.
 //
 // XQ_Q8K (for the K-quants): super-blocks of 256, one f32 scale each:
-//     int8  qs[k]; float d[k/256]; int16 bsums[k/16] (sum of each 16 values)
+//     int8  qs[k]; float d[k/256]; int16 bsums[k/16] (sum of each 16 values);
+//     float s16[k/16] (d * bsums: the minimums and offsets need them as floats)
 //
-// XQ_F32 / XQ_F16 / XQ_BF16: the row as f32, rounded through f16 or bf16 like the
-// reference (F16/BF16 weights), stored as f32 or as the 16-bit type itself.
+// XQ_F32 / XQ_F16 / XQ_BF16: the row as f32, or rounded to f16 or bf16 like the
+// reference does for F16/BF16 weights (stored as that 16-bit type).
 enum { XQ_F32 = 0, XQ_Q8 = 1, XQ_Q8K = 2, XQ_F16 = 3, XQ_BF16 = 4 };
 
 static inline int64_t lz_pad64(int64_t k) { return (k + 63) & ~(int64_t)63; }
@@ -83,22 +83,28 @@ static inline int64_t lz_pad64(int64_t k) { return (k + 63) & ~(int64_t)63; }
 static inline size_t xq_row_bytes(int kind, int64_t k) {
     size_t n;
     switch (kind) {
-    case XQ_Q8: n = (size_t)lz_pad64(k) + (size_t)lz_pad64(k) / 64 * 16; break;
-    case XQ_Q8K: n = (size_t)k + (size_t)k / 256 * 4 + (size_t)k / 16 * 2; break;
+    case XQ_Q8: n = (size_t)lz_pad64(k) + (size_t)lz_pad64(k) / 32 * 8; break;
+    case XQ_Q8K: n = (size_t)k + (size_t)k / 256 * 4 + (size_t)k / 16 * 6; break;
     case XQ_F16: case XQ_BF16: n = (size_t)k * 2; break;
     default: n = (size_t)k * 4; break;
     }
     return (n + 63) & ~(size_t)63;
 }
 
-static inline const float *xq8_ds(const void *row, int64_t k) {
+static inline const float *xq8_d(const void *row, int64_t k) {
     return (const float *)((const int8_t *)row + lz_pad64(k));
+}
+static inline const float *xq8_s(const void *row, int64_t k) {
+    return xq8_d(row, k) + lz_pad64(k) / 32;
 }
 static inline const float *xq8k_d(const void *row, int64_t k) {
     return (const float *)((const int8_t *)row + k);
 }
 static inline const int16_t *xq8k_bsums(const void *row, int64_t k) {
     return (const int16_t *)((const int8_t *)row + k + k / 256 * 4);
+}
+static inline const float *xq8k_s16(const void *row, int64_t k) {
+    return (const float *)((const int8_t *)row + k + k / 256 * 4 + k / 16 * 2);
 }
 
 // ---------------------------------------------------------------- half precision

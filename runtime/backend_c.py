@@ -159,6 +159,22 @@ class CBackend:
     def take_rows(self, x, start, stop):
         return Tensor(stop - start, x.cols, x.addr + start * x.cols * _SIZEOF_F32, x)
 
+    def stack_rows(self, parts):
+        cols = parts[0].cols
+        out = Tensor(sum(p.rows for p in parts), cols)
+        at = out.addr
+        for p in parts:
+            if p.cols != cols:
+                raise ValueError("stack_rows: tensors of different widths")
+            ctypes.memmove(at, p.addr, p.size * _SIZEOF_F32)
+            at += p.size * _SIZEOF_F32
+        return out
+
+    def logprobs_rows(self, x, targets):
+        lp = self.lib.lz_logprob
+        stride = x.cols * _SIZEOF_F32
+        return [lp(x.addr + i * stride, x.cols, int(t)) for i, t in enumerate(targets)]
+
     def to_floats(self, x):
         return [x.row(i) for i in range(x.rows)]
 

@@ -242,11 +242,13 @@ SIGNATURES = {
     "lz_swiglu": (None, [_P, _P, _P, _I64]),
     "lz_geglu": (None, [_P, _P, _P, _I64]),
     "lz_argmax": (_I64, [_P, _I64]),
+    "lz_logprob": (ctypes.c_double, [_P, _I64, _I64]),
     "lz_rope_table": (None, [_P, _I64, _I64, _P, _INT]),
     "lz_rope": (None, [_P, _I64, _I64, _INT, _INT, _INT, _INT, _P]),
     "lz_attention": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _INT, _INT, _INT, _F,
                             _I64, _P, _I64]),
     "lz_h2f_row": (None, [_P, _P, _I64]),
+    "lz_stream_read": (ctypes.c_uint64, [_P, _I64]),
     "lz_f2h_row": (None, [_P, _P, _I64]),
 }
 
