@@ -78,3 +78,31 @@ def test_page_streams_an_answer(server, browser):
     assert seen_partial, "the answer arrived all at once, not streamed"
     assert browser.find_elements(By.CSS_SELECTOR, ".stats")      # t/s shown after the answer
     assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
+
+
+def test_stop_button_ends_generation(server, browser):
+    from selenium.webdriver.common.by import By
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "input").send_keys("Write a very long story about a dragon.")
+    browser.find_element(By.ID, "send").click()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        answers = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")
+        if answers and answers[-1].text:
+            break
+        time.sleep(0.05)
+    browser.find_element(By.ID, "stop").click()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 20:
+        if browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].get_attribute("data-done"):
+            break
+        time.sleep(0.05)
+    assert browser.find_element(By.ID, "stop").get_attribute("disabled")
+    # The server notices the closed connection and frees the slot within a token or two.
+    while time.monotonic() - t0 < 30:
+        status, slots = server.get("/slots")
+        if status == 200 and not slots[0]["is_processing"]:
+            break
+        time.sleep(0.1)
+    assert not slots[0]["is_processing"]
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []

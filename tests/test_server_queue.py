@@ -1,0 +1,62 @@
+"""Slots and the wait queue: one slot, room for one waiting request, then 503."""
+
+import json
+import socket
+import threading
+import time
+
+from tests.models import smollm2
+from tests.server_process import ServerProcess
+
+
+def open_stream(port, max_tokens):
+    conn = socket.create_connection(("127.0.0.1", port), timeout=120)
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": max_tokens,
+                       "stream": True, "temperature": 0.8}).encode()
+    conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data: ") < 2:
+        data = conn.recv(4096)
+        assert data, "the stream ended early"
+        got += data
+    return conn
+
+
+def test_queue_then_503_and_cors_off():
+    srv = ServerProcess(smollm2(), "-c", "128", "-np", "1", "--queue", "1")
+    try:
+        streaming = open_stream(srv.port, 100)        # holds the only slot
+        waited = {}
+
+        def queued():
+            waited["reply"] = srv.post("/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+
+        t = threading.Thread(target=queued)
+        t.start()
+        deadline = time.monotonic() + 30
+        while srv.metric("requests_deferred") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.metric("requests_deferred") == 1
+        status, body = srv.post("/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+        assert status == 503 and body["error"]["code"] == "server_busy"
+        streaming.close()                              # frees the slot for the waiting one
+        t.join(120)
+        status, body = waited["reply"]
+        assert status == 200 and body["choices"][0]["text"] is not None
+        assert srv.metric("client_disconnects_total") == 1
+        # CORS is off unless --cors is given.
+        conn = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n"
+                     b"Connection: close\r\n\r\n")
+        reply = b""
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                break
+            reply += data
+        conn.close()
+        assert b" 200 " in reply.split(b"\r\n")[0]
+        assert b"access-control-allow-origin" not in reply.lower()
+    finally:
+        assert srv.stop() == 0
