@@ -396,6 +396,7 @@ class App:
         self.model_name = "model"
         self.metrics = Metrics()
         self.load_error = None
+        self.chat_error = None
         self.created = int(time.time())
         self.verbose = args.verbose
 
@@ -411,7 +412,12 @@ class App:
         threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
         backend = load_backend(args.backend, threads)
         model = Model(gguf, backend, n_ctx=args.ctx_size)
-        self.chat_format = load_chat_format(gguf, getattr(args, "chat_template", None))
+        try:
+            self.chat_format = load_chat_format(gguf, getattr(args, "chat_template", None))
+        except UserError as e:
+            # Completions still work; chat requests say why they cannot.
+            self.chat_error = str(e)
+            print(f"warning: {e}", file=sys.stderr, flush=True)
         self.defaults = sampling_params(args)
         engine = Engine(model, tokenizer, max(1, args.parallel), max(0, args.queue),
                         batch_size=args.batch_size)
@@ -735,6 +741,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chat_tokens(self, messages):
         from runtime.chat import Conversation
+        if self.app.chat_format is None:
+            raise ApiError(500, f"chat is unavailable: {self.app.chat_error}")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "'messages' must be a non-empty array", param="messages")
         clean = []
