@@ -293,6 +293,7 @@ void lz_init_portable(lz_kernels *k) {
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         k->types[t[i].type].tile = t[i].f;
+        k->types[t[i].type].portable = t[i].f;
         k->types[t[i].type].rows_pref = 4;
         k->types[t[i].type].toks_pref = 1;
     }
@@ -345,7 +346,9 @@ typedef struct {
 static void mm_worker(void *p, int ith, int nth) {
     (void)ith; (void)nth;
     mm_job *j = (mm_job *)p;
-    const int rp = j->ops->rows_pref, tp = j->ops->toks_pref;
+    const int big = j->ops->max_k && j->k > j->ops->max_k;
+    const lz_tile_fn tile = big ? j->ops->portable : j->ops->tile;
+    const int rp = big ? 4 : j->ops->rows_pref, tp = big ? 1 : j->ops->toks_pref;
     const int64_t total = j->n_rc * j->n_tc;
     for (;;) {
         int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
@@ -358,7 +361,7 @@ static void mm_worker(void *p, int ith, int nth) {
             int nt = (int)(t1 - t < tp ? t1 - t : tp);
             for (int64_t r = r0; r < r1; r += rp) {
                 int nr = (int)(r1 - r < rp ? r1 - r : rp);
-                j->ops->tile(j->k, j->w + r * j->ws, j->ws, nr, j->xq + t * j->xs, j->xs, nt,
+                tile(j->k, j->w + r * j->ws, j->ws, nr, j->xq + t * j->xs, j->xs, nt,
                              j->y + t * j->ldy + r, j->ldy);
             }
         }

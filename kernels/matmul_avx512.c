@@ -1,3 +1,336 @@
-// placeholder
+// AVX-512 (F, BW, VL, VNNI) kernels for every quantized type.
+//
+// Each kernel computes a tile of R weight rows x T activation rows, so unpacked
+// weights are reused across tokens (prompt batches) and activations across rows.
+// R and T are compile-time constants of always-inlined templates; the accumulators
+// then live in registers.
+//
+// 32-blocks (Q4_0 .. Q8_0): two blocks per 512-bit register. VNNI's dpbusd multiplies
+// unsigned weight bytes by signed activation bytes, summing 4 products per 32-bit
+// lane; lanes 0-7 hold block a, 8-15 block b, scaled by [da*xa x8, db*xb x8]. The
+// weights stay unsigned (nibbles 0..15, 5-bit 0..31): the Q4_0/Q5_0 offset (-8, -16)
+// and the Q4_1/Q5_1 minimum are per-block constants c times sum(x), so they are
+// collected in a small float pass at the end: sum_b c[b] * s[b], s = d * sum(q).
+// Q8_0 weights are signed: we multiply |w| by x with w's sign moved onto x.
+//
+// K-quants: 64 weights per register, as unsigned bytes. maddubs gives 16-bit sums of
+// pairs; dpwssd multiplies them by the 16-bit sub-block scales and accumulates in
+// 32 bits, exact across a whole super-block; one float step per super-block applies
+// d * dx. Minimums (Q2_K, Q4_K, Q5_K) and offsets (Q3_K -4, Q6_K -32) again go to the
+// float pass, per group of 16: sum_g c[g] * s16[g].
+#include <immintrin.h>
+
 #include "quants.h"
-void lz_init_avx512(lz_kernels *k) { (void)k; }
+
+#define AI static inline __attribute__((always_inline))
+
+// Rows longer than this use the portable kernels (the float pass keeps its per-row
+// constants on the stack).
+#define MAX_K 32768
+
+AI uint32_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+AI uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+AI float dotf(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+// 16 bytes of nibbles of blocks a and b -> [a low, a high, b low, b high]: weights
+// 0-31 of a, then of b, in order.
+AI __m512i nibbles_pair(const uint8_t *qa, const uint8_t *qb) {
+    __m256i t = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)qa)),
+        _mm_loadu_si128((const __m128i *)qb), 1);
+    __m512i v = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
+                                         _mm512_castsi256_si512(t));
+    v = _mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+}
+
+// ---------------------------------------------------------------- 32-blocks
+
+AI int legacy_size(int type) {
+    return type == LZ_Q4_0 ? 18 : type == LZ_Q4_1 ? 20 : type == LZ_Q5_0 ? 22
+         : type == LZ_Q5_1 ? 24 : 34;
+}
+
+AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                    size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const int bs = legacy_size(type);
+    const int has_c = type != LZ_Q8_0; // offset or minimum per block
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
+    const int64_t nb = k / QK, np = (nb + 1) / 2, nbp = lz_pad64(k) / QK;
+    const __m512i idx_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_dm = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    float cb[R][has_c ? nbp : 1];
+    __m512 acc[R][T];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+
+    for (int64_t p = 0; p < np; p++) {
+        const int64_t ba = 2 * p, bb = 2 * p + 1 < nb ? 2 * p + 1 : 2 * p; // odd tail: b = a,
+        __m512i W[R];                                 // harmless as x's pad block is zero
+        __mmask64 S[R];
+        __m512 D[R];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *pa = w + r * ws + ba * bs, *pb = w + r * ws + bb * bs;
+            if (type == LZ_Q8_0) {
+                __m512i v = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(pa + 2))),
+                    _mm256_loadu_si256((const __m256i *)(pb + 2)), 1);
+                S[r] = _mm512_movepi8_mask(v);
+                W[r] = _mm512_abs_epi8(v);
+            } else if (type == LZ_Q4_0) {
+                W[r] = nibbles_pair(pa + 2, pb + 2);
+            } else if (type == LZ_Q4_1) {
+                W[r] = nibbles_pair(pa + 4, pb + 4);
+            } else {
+                const int qh = type == LZ_Q5_0 ? 2 : 4;
+                __m512i v = nibbles_pair(pa + qh + 4, pb + qh + 4);
+                __mmask64 hb = (__mmask64)ld32(pa + qh) | ((__mmask64)ld32(pb + qh) << 32);
+                W[r] = _mm512_mask_add_epi8(v, hb, v, _mm512_set1_epi8(16));
+            }
+            if (with_min) {
+                // [da, ma, db, mb]
+                __m128 f = _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)ld32(pb), (int)ld32(pa)));
+                D[r] = _mm512_permutexvar_ps(idx_dm, _mm512_castps128_ps512(f));
+                _mm_storel_pi((__m64 *)&cb[r][2 * p], _mm_shuffle_ps(f, f, _MM_SHUFFLE(3, 1, 3, 1)));
+            } else {
+                __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(pa) | ld16(pb) << 16)));
+                D[r] = _mm512_permutexvar_ps(idx_d, _mm512_castps128_ps512(f));
+                if (has_c) _mm_storel_pi((__m64 *)&cb[r][2 * p], f);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xr = x + t * xs;
+            __m512i X = _mm512_loadu_si512((const void *)(xr + 64 * p));
+            const float *dx = xq8_d(xr, k) + 2 * p;
+            __m512 DX = _mm512_permutexvar_ps(
+                idx_d, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)dx))));
+            for (int r = 0; r < R; r++) {
+                __m512i xv = X;
+                if (type == LZ_Q8_0) xv = _mm512_mask_sub_epi8(X, S[r], _mm512_setzero_si512(), X);
+                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[r], xv);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(D[r], DX),
+                                            acc[r][t]);
+            }
+        }
+    }
+    const float coef = type == LZ_Q4_0 ? -8.0f : type == LZ_Q5_0 ? -16.0f : 1.0f;
+    for (int r = 0; r < R; r++) {
+        if (has_c && nb < nbp) cb[r][nb] = 0.0f;
+        for (int t = 0; t < T; t++) {
+            float v = _mm512_reduce_add_ps(acc[r][t]);
+            if (has_c) v += coef * dotf(cb[r], xq8_s(x + t * xs, k), nb);
+            y[t * ldy + r] = v;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- K-quants
+
+AI int kq_size(int type) {
+    return type == LZ_Q2_K ? 84 : type == LZ_Q3_K ? 110 : type == LZ_Q4_K ? 144
+         : type == LZ_Q5_K ? 176 : 210;
+}
+
+// The 64 weights of chunk c (0..3) of super-block b, as unsigned bytes, in order.
+AI __m512i kq_chunk(const int type, const uint8_t *b, int c) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    if (type == LZ_Q4_K || type == LZ_Q5_K) {
+        const uint8_t *qs = b + (type == LZ_Q4_K ? 16 : 48) + 32 * c;
+        __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+        v = _mm512_and_si512(v, m4);
+        if (type == LZ_Q5_K) {
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+            __mmask64 hb = (__mmask64)_mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c)))) |
+                           ((__mmask64)_mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(2 << (2 * c)))) << 32);
+            v = _mm512_mask_add_epi8(v, hb, v, _mm512_set1_epi8(16));
+        }
+        return v;
+    }
+    if (type == LZ_Q6_K) {
+        const int half = c >> 1;
+        __m512i ql = _mm512_loadu_si512((const void *)(b + 64 * half));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * half));
+        __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+        const __m512i m30 = _mm512_set1_epi8(0x30);
+        if (c & 1)
+            return _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                   _mm512_and_si512(h, m30));
+        return _mm512_or_si512(_mm512_and_si512(ql, m4),
+                               _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+    }
+    // Q2_K / Q3_K: 2-bit planes of a 32-byte half
+    const int half = c >> 1, m = c & 1;
+    const uint8_t *qs = b + (type == LZ_Q2_K ? 16 : 32) + 32 * half;
+    __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 2), 1);
+    __m512i v = _mm512_and_si512(_mm512_srli_epi16(z, (unsigned)(4 * m)), _mm512_set1_epi8(3));
+    if (type == LZ_Q3_K) {
+        __m256i hm = _mm256_loadu_si256((const __m256i *)b);
+        const int bit = 4 * half + 2 * m;
+        __mmask64 hb = (__mmask64)_mm256_test_epi8_mask(hm, _mm256_set1_epi8((char)(1 << bit))) |
+                       ((__mmask64)_mm256_test_epi8_mask(hm, _mm256_set1_epi8((char)(2 << bit))) << 32);
+        v = _mm512_mask_add_epi8(v, hb, v, _mm512_set1_epi8(4));
+    }
+    return v;
+}
+
+// Per super-block and row: the 16 group scales (as int16 in a register), d, and the
+// float-pass constants c[16] (minimum or offset per group of 16).
+AI __m512i kq_scales(const int type, const uint8_t *b, float *d_out, float *c) {
+    int16_t sc16[16];
+    if (type == LZ_Q4_K || type == LZ_Q5_K) {
+        uint8_t sc[8], mn[8];
+        lz_k_scales(b + 4, sc, mn);
+        float d = lz_h2f((lz_half)ld16(b)), dmin = lz_h2f((lz_half)ld16(b + 2));
+        for (int g = 0; g < 16; g++) {
+            sc16[g] = sc[g >> 1];
+            c[g] = -dmin * (float)mn[g >> 1];
+        }
+        *d_out = d;
+    } else if (type == LZ_Q6_K) {
+        float d = lz_h2f((lz_half)ld16(b + 208));
+        const int8_t *s = (const int8_t *)(b + 192);
+        for (int g = 0; g < 16; g++) {
+            sc16[g] = s[g];
+            c[g] = -32.0f * d * (float)s[g];
+        }
+        *d_out = d;
+    } else if (type == LZ_Q3_K) {
+        int8_t s[16];
+        lz_q3_scales(b + 96, s);
+        float d = lz_h2f((lz_half)ld16(b + 108));
+        for (int g = 0; g < 16; g++) {
+            sc16[g] = s[g];
+            c[g] = -4.0f * d * (float)s[g];
+        }
+        *d_out = d;
+    } else { // Q2_K
+        float d = lz_h2f((lz_half)ld16(b + 80)), dmin = lz_h2f((lz_half)ld16(b + 82));
+        for (int g = 0; g < 16; g++) {
+            sc16[g] = b[g] & 0xF;
+            c[g] = -dmin * (float)(b[g] >> 4);
+        }
+        *d_out = d;
+    }
+    return _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)sc16));
+}
+
+AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const int bs = kq_size(type);
+    const int64_t nsb = k / QK_K;
+    float cb[R][k / 16];
+    __m512 acc[R][T];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    // 16-bit lane i of a maddubs result covers weights 2i, 2i+1: group 4c + i/8
+    __m512i idx[4];
+    for (int c = 0; c < 4; c++) {
+        int16_t v[32];
+        for (int i = 0; i < 32; i++) v[i] = (int16_t)(4 * c + i / 8);
+        idx[c] = _mm512_loadu_si512((const void *)v);
+    }
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        __m512i S[R];
+        float D[R];
+        for (int r = 0; r < R; r++) S[r] = kq_scales(type, w + r * ws + sb * bs, &D[r], &cb[r][sb * 16]);
+        __m512i isum[R][T];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) isum[r][t] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i W[R], SC[R];
+            for (int r = 0; r < R; r++) {
+                W[r] = kq_chunk(type, w + r * ws + sb * bs, c);
+                SC[r] = _mm512_permutexvar_epi16(idx[c], S[r]);
+            }
+            for (int t = 0; t < T; t++) {
+                __m512i X = _mm512_loadu_si512((const void *)(x + t * xs + sb * QK_K + 64 * c));
+                for (int r = 0; r < R; r++)
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(W[r], X), SC[r]);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float dx = xq8k_d(x + t * xs, k)[sb];
+            for (int r = 0; r < R; r++)
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r][t]), _mm512_set1_ps(D[r] * dx),
+                                            acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]) + dotf(cb[r], xq8k_s16(x + t * xs, k), k / 16);
+}
+
+// ---------------------------------------------------------------- tiles
+
+// Cover nr x nt with RR x TT tiles, and 1-row / 1-token tiles at the edges.
+#define TILES(fn, type, RR, TT)                                                               \
+    do {                                                                                      \
+        int t = 0;                                                                            \
+        for (; t + TT <= nt; t += TT) {                                                       \
+            int r = 0;                                                                        \
+            for (; r + RR <= nr; r += RR)                                                     \
+                fn(type, RR, TT, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);    \
+            for (; r < nr; r++)                                                               \
+                fn(type, 1, TT, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);     \
+        }                                                                                     \
+        for (; t < nt; t++) {                                                                 \
+            int r = 0;                                                                        \
+            for (; r + RR <= nr; r += RR)                                                     \
+                fn(type, RR, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);     \
+            for (; r < nr; r++)                                                               \
+                fn(type, 1, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);      \
+        }                                                                                     \
+    } while (0)
+
+#define LEGACY_R 4
+#define LEGACY_T 4
+#define KQ_R 4
+#define KQ_T 2
+
+#define DEFINE_TILE(name, fn, type, RR, TT)                                                   \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
+                     size_t xs, int nt, float *y, size_t ldy) {                               \
+        TILES(fn, type, RR, TT);                                                              \
+    }
+
+DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, LEGACY_R, LEGACY_T)
+DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, LEGACY_R, LEGACY_T)
+DEFINE_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, LEGACY_R, LEGACY_T)
+DEFINE_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, LEGACY_R, LEGACY_T)
+DEFINE_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, LEGACY_R, LEGACY_T)
+DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, KQ_R, KQ_T)
+DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, KQ_R, KQ_T)
+DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, KQ_R, KQ_T)
+DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_R, KQ_T)
+DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, KQ_R, KQ_T)
+
+void lz_init_avx512(lz_kernels *k) {
+    static const struct { int type; lz_tile_fn f; int rr, tt; } t[] = {
+        {LZ_Q4_0, tile_q4_0, LEGACY_R, LEGACY_T}, {LZ_Q4_1, tile_q4_1, LEGACY_R, LEGACY_T},
+        {LZ_Q5_0, tile_q5_0, LEGACY_R, LEGACY_T}, {LZ_Q5_1, tile_q5_1, LEGACY_R, LEGACY_T},
+        {LZ_Q8_0, tile_q8_0, LEGACY_R, LEGACY_T},
+        {LZ_Q2_K, tile_q2_k, KQ_R, KQ_T}, {LZ_Q3_K, tile_q3_k, KQ_R, KQ_T},
+        {LZ_Q4_K, tile_q4_k, KQ_R, KQ_T}, {LZ_Q5_K, tile_q5_k, KQ_R, KQ_T},
+        {LZ_Q6_K, tile_q6_k, KQ_R, KQ_T},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        lz_type_ops *o = &k->types[t[i].type];
+        o->tile = t[i].f;
+        o->rows_pref = t[i].rr;
+        o->toks_pref = t[i].tt;
+        o->max_k = MAX_K;
+    }
+}

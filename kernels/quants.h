@@ -185,6 +185,9 @@ typedef struct {
     // Tile shape the kernel likes (rows, tokens): the driver hands it nr <= rows_pref
     // rows and nt <= toks_pref tokens at a time.
     int rows_pref, toks_pref;
+    // SIMD kernels may cap the row length (0: none); longer rows use `portable`.
+    int64_t max_k;
+    lz_tile_fn portable;
 } lz_type_ops;
 
 typedef struct {
