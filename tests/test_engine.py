@@ -1,0 +1,177 @@
+"""The engine end to end: the oracle's arithmetic, the model, the command line.
+
+Reference figures (greedy text, perplexities) were produced by llama.cpp on the
+same files; they are the issue's acceptance numbers.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from runtime import ggml_types as T  # noqa: E402
+from runtime.backend_numpy import NumpyBackend, dequantize  # noqa: E402
+from runtime.gguf import GGUFFile  # noqa: E402
+from runtime.model import Model  # noqa: E402
+from tests import synthetic  # noqa: E402
+from tests.models import smollm2, smollm2_q8_0  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPL = "/usr/share/common-licenses/GPL-3"
+ALL_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
+             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+def run_cli(*args, env=None, python=(sys.executable,), timeout=900):
+    return subprocess.run([*python, "-m", "runtime", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+# ------------------------------------------------------------------ oracle arithmetic
+
+@pytest.mark.parametrize("type_id", ALL_TYPES, ids=lambda t: T.type_name(t))
+def test_oracle_dequantization_equals_gguf_quants(type_id):
+    rng = np.random.default_rng(type_id)
+    data, qtype = synthetic.random_weight(rng, 8, 512, type_id)
+    ours = dequantize(np.ascontiguousarray(data).tobytes(), type_id, 8 * 512)
+    ref = gguf.quants.dequantize(data, qtype).reshape(-1)
+    np.testing.assert_array_equal(ours, ref.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    return synthetic.spm_llama(str(tmp_path_factory.mktemp("spm")), weight_type=T.Q8_0)
+
+
+def test_batch_forward_equals_token_by_token(spm_model):
+    """The KV cache and the causal mask: a prompt computed in one batch gives the same
+    logits as feeding it one token at a time."""
+    ids = [1, 45, 300, 7, 99, 12, 260]
+    batch = Model(GGUFFile.open(spm_model), NumpyBackend(), n_ctx=32)
+    all_rows = batch.forward(ids, 0, last_only=False)
+    step = Model(GGUFFile.open(spm_model), NumpyBackend(), n_ctx=32)
+    rows = np.concatenate([step.forward([t], i, last_only=False) for i, t in enumerate(ids)])
+    np.testing.assert_allclose(all_rows, rows, rtol=1e-4, atol=1e-4 * np.abs(rows).max())
+    assert np.abs(all_rows[0] - all_rows[-1]).max() > 1e-3  # positions matter
+
+
+def test_synthetic_spm_model_runs_and_tokenizes_like_sentencepiece(spm_model, tmp_path):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(os.path.dirname(spm_model), "spm.model"))
+    text = "The GNU General Public License is a free, copyleft license."
+    r = run_cli("-m", spm_model, "--tokenize", "-p", text)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [1] + sp.encode(text)
+    r = run_cli("-m", spm_model, "-p", text, "-n", "12", "--temp", "0", "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()  # random weights: some text, deterministic below
+    again = run_cli("-m", spm_model, "-p", text, "-n", "12", "--temp", "0", "--backend", "numpy")
+    assert again.stdout == r.stdout
+
+
+# ------------------------------------------------------------------ SmolLM2 against llama.cpp
+
+GREEDY_PROMPT = "Once upon a time, in a small village,"
+GREEDY_LLAMA_CPP = (" there was a wise old wizard named Elwes. Elwes was a master of magic "
+                    "and had been watching")
+
+
+def test_smollm2_greedy_matches_llama_cpp():
+    r = run_cli("-m", smollm2(), "-p", GREEDY_PROMPT, "-n", "24", "--temp", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == GREEDY_LLAMA_CPP + "\n"
+
+
+def test_smollm2_greedy_oracle_matches_llama_cpp():
+    r = run_cli("-m", smollm2(), "-p", GREEDY_PROMPT, "-n", "24", "--temp", "0",
+                "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == GREEDY_LLAMA_CPP + "\n"
+
+
+def _perplexity(model, tmp_path):
+    text = open(GPL, "rb").read()[:20000]
+    src = tmp_path / "gpl.txt"
+    src.write_bytes(text)
+    r = run_cli("-m", model, "--perplexity", "-f", str(src), "-c", "128")
+    assert r.returncode == 0, r.stderr
+    m = re.fullmatch(r"PPL = (\d+\.\d{4}) \+/- (\d+\.\d{4})\n", r.stdout)
+    assert m, r.stdout
+    return float(m.group(1))
+
+
+@pytest.mark.skipif(not os.path.exists(GPL), reason="needs /usr/share/common-licenses/GPL-3")
+@pytest.mark.parametrize("which,llama_cpp_ppl", [("Q4_1", 27.9554), ("Q8_0", 27.8079)])
+def test_smollm2_perplexity_within_half_percent_of_llama_cpp(which, llama_cpp_ppl, tmp_path):
+    model = smollm2() if which == "Q4_1" else smollm2_q8_0()
+    ppl = _perplexity(model, tmp_path)
+    assert abs(ppl - llama_cpp_ppl) / llama_cpp_ppl < 0.005, ppl
+
+
+# ------------------------------------------------------------------ bad input
+
+def _one_line_error(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_inputs_get_one_line_and_exit_2(tmp_path, spm_model):
+    _one_line_error(run_cli("-m", str(tmp_path / "missing.gguf"), "-p", "hi"), "not found")
+    (tmp_path / "notes.txt").write_text("just text")
+    _one_line_error(run_cli("-m", str(tmp_path / "notes.txt"), "-p", "hi"), "not a GGUF")
+    data = open(spm_model, "rb").read()
+    (tmp_path / "trunc.gguf").write_bytes(data[:len(data) // 2])
+    _one_line_error(run_cli("-m", str(tmp_path / "trunc.gguf"), "-p", "hi"), "truncated")
+    (tmp_path / "head.gguf").write_bytes(data[:100])
+    _one_line_error(run_cli("-m", str(tmp_path / "head.gguf"), "-p", "hi"), "truncated")
+    # unknown metadata value type
+    bad = bytearray(data)
+    at = bad.index(b"llama.block_count") + len(b"llama.block_count")
+    bad[at:at + 4] = (77).to_bytes(4, "little")
+    (tmp_path / "kv.gguf").write_bytes(bytes(bad))
+    _one_line_error(run_cli("-m", str(tmp_path / "kv.gguf"), "-p", "hi"), "unknown value type 77")
+    # a prompt longer than the context
+    _one_line_error(run_cli("-m", spm_model, "-c", "8", "-p", "word " * 40), "context", "-c")
+    _one_line_error(run_cli("-p", "hi"), "-m")
+    _one_line_error(run_cli("-m", spm_model, "-n", "many"), "--help")
+
+
+def test_unsupported_architecture_and_tensor_type(tmp_path):
+    spm_path = synthetic.train_spm(str(tmp_path / "spm"))
+    arch = synthetic.write_model(str(tmp_path / "arch.gguf"), spm_path, arch="bloom")
+    _one_line_error(run_cli("-m", arch, "-p", "hi"), "bloom", "llama")
+    iq = synthetic.write_model(str(tmp_path / "iq.gguf"), spm_path, weight_type=T.Q8_0)
+    data = bytearray(open(iq, "rb").read())
+    # retag one tensor as IQ4_NL (20) in the tensor table: name, n_dims, dims, type
+    name = b"blk.0.attn_q.weight"
+    at = data.index(name) + len(name)
+    n_dims = int.from_bytes(data[at:at + 4], "little")
+    type_at = at + 4 + 8 * n_dims
+    data[type_at:type_at + 4] = (20).to_bytes(4, "little")
+    (tmp_path / "iq.gguf").write_bytes(bytes(data))
+    _one_line_error(run_cli("-m", str(tmp_path / "iq.gguf"), "-p", "hi"), "IQ4_NL")
+
+
+# ------------------------------------------------------------------ the bare-python rule
+
+def test_runs_without_numpy_or_sentencepiece(spm_model, tmp_path):
+    """`python -S` drops site-packages: numpy, sentencepiece, gguf all unimportable."""
+    probe = subprocess.run([sys.executable, "-S", "-c", "import numpy"], capture_output=True)
+    assert probe.returncode != 0
+    r = run_cli("-m", spm_model, "-p", "free software", "-n", "6", "--temp", "0",
+                python=(sys.executable, "-S"))
+    assert r.returncode == 0, r.stderr
+    with_numpy = run_cli("-m", spm_model, "-p", "free software", "-n", "6", "--temp", "0")
+    assert r.stdout == with_numpy.stdout
+    r = run_cli("-m", spm_model, "--tokenize", "-p", "free software",
+                python=(sys.executable, "-S"))
+    assert json.loads(r.stdout)[0] == 1
