@@ -42,9 +42,9 @@ def _make_environment():
         import jinja2.nodes
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
-        raise UserError("this model's chat template needs jinja2, which is missing; "
-                        "install it (pip install jinja2) or pass --chat-template FILE "
-                        "of a bundle that carries it") from None
+        raise UserError("chat templates need jinja2, which this python lacks; install it "
+                        "(pip install jinja2) or run a llamazip bundle, which carries "
+                        "its own copy") from None
 
     class GenerationTag(jinja2.ext.Extension):
         """`{% generation %}...{% endgeneration %}` marks the assistant's part for
