@@ -134,21 +134,22 @@ def _run_pyinstaller(entry, hidden, out):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def native_cookie(exe, total_size):
-    """PyInstaller's cookie rewritten to end a file of `total_size` bytes.
+def native_cookie(exe, size_before):
+    """PyInstaller's cookie rewritten to end a file of `size_before` bytes plus itself.
 
-    The bootloader looks for its cookie by scanning backwards from the end of the
-    file, which would read the whole appended model at every start. We end the ZIP
-    with a copy of the cookie (as the ZIP comment) whose length field is grown to
-    cover the appended ZIP, so the scan stops at once and the archive start that the
-    bootloader derives (end - length) is unchanged. The field is 32-bit.
+    The bootloader finds its archive by scanning backwards from the end of the file
+    for the cookie, which would read the whole appended model at every start. We end
+    the ZIP with a copy of the cookie (as the ZIP comment) whose length field is grown
+    so that the archive start the bootloader derives (cookie end - length) stays
+    where PyInstaller put it; the scan then stops at once. The field is 32-bit.
     """
-    cookie = exe[-_COOKIE.size:]
-    magic, length, toc_offset, toc_length, pyvers, pylib = _COOKIE.unpack(cookie)
-    if magic != _COOKIE_MAGIC:
-        raise UserError("the PyInstaller launcher has no cookie at its end; "
-                        "PyInstaller's layout changed, use --launcher portable")
-    new_length = length + (total_size - len(exe))
+    cookie_at = exe.rfind(_COOKIE_MAGIC)
+    if cookie_at < 0 or cookie_at + _COOKIE.size > len(exe):
+        raise UserError("the PyInstaller launcher has no cookie; PyInstaller's layout "
+                        "changed, use --launcher portable")
+    magic, length, toc_offset, toc_length, pyvers, pylib = _COOKIE.unpack_from(exe, cookie_at)
+    archive_start = cookie_at + _COOKIE.size - length
+    new_length = size_before + _COOKIE.size - archive_start
     if new_length > 0xFFFFFFFF:
         raise UserError("a native bundle must stay under 4 GiB (PyInstaller's 32-bit "
                         "archive length); use --launcher portable for this model")

@@ -149,17 +149,23 @@ class ZipWriter:
         header = self._local_header(name, STORED, 0, size, size, extra, zip64)
         self.f.write(header)
         crc, digest, done = 0, hashlib.sha256(), 0
+        zeros = bytes(_CHUNK)
         while done < size:
             chunk = src.read(min(_CHUNK, size - done))
             if not chunk:
                 raise EOFError(f"{name}: source ended after {done} of {size} bytes")
             crc = zlib.crc32(chunk, crc)
             digest.update(chunk)
-            self.f.write(chunk)
+            if chunk == zeros[:len(chunk)]:
+                # A hole in a sparse source stays a hole: seek instead of writing zeros.
+                self.f.seek(len(chunk), 1)
+            else:
+                self.f.write(chunk)
             done += len(chunk)
             if progress:
                 progress(done)
         end = self.f.tell()
+        self.f.truncate(end)  # gives the file its length if it ended in a hole
         self.f.seek(header_offset + 14)  # the CRC-32 field of the local header
         self.f.write(struct.pack("<I", crc))
         self.f.seek(end)
@@ -169,7 +175,11 @@ class ZipWriter:
         return self.entries[-1]
 
     def close(self, comment=b""):
-        """Write the central directory and its end records; `comment` ends the file."""
+        """Write the central directory and its end records; `comment` ends the file.
+
+        `comment` may be a function of the file's size without it (the native
+        launcher's cookie must know where the file ends).
+        """
         if self.offset is None:
             self.f.write(self.prefix)
             self.offset = len(self.prefix)
@@ -198,6 +208,8 @@ class ZipWriter:
                                       count, count, cd_size, cd_offset))
             self.f.write(_LOCATOR64.pack(0x07064B50, 0, eocd64_offset, 1))
             self.offset += _EOCD64.size + _LOCATOR64.size
+        if callable(comment):
+            comment = comment(self.offset + _EOCD.size)
         self.f.write(_EOCD.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
                                 min(cd_size, ZIP64_LIMIT), min(cd_offset, ZIP64_LIMIT),
                                 len(comment)) + comment)
