@@ -52,6 +52,12 @@ def build_parser():
     p.add_argument("--backend", default=os.environ.get("LLAMAZIP_BACKEND", "auto"),
                    choices=("auto", "c", "numpy"), help="compute backend (default: auto)")
     p.add_argument("-v", "--verbose", action="store_true")
+    bench = p.add_argument_group("benchmark (--bench, llama-bench's measure)")
+    bench.add_argument("--bench", action="store_true",
+                       help="time prompt processing (-p N tokens, default 128) and "
+                            "generation (-n N tokens, default 64)")
+    bench.add_argument("-r", "--repetitions", type=int, default=5)
+    bench.add_argument("--json", action="store_true", help="llama-bench -o json output")
     server = p.add_argument_group("server (--server)")
     server.add_argument("--server", action="store_true",
                         help="serve the OpenAI API, llama.cpp's endpoints and a chat page")
@@ -239,6 +245,21 @@ def wants_chat(args):
     return args.chat or (args.prompt is None and args.file is None and sys.stdin.isatty())
 
 
+def cmd_bench(args, gguf):
+    from runtime.bench import run_bench
+    prompt = args.prompt if args.prompt is not None else "128"
+    if not prompt.isdigit():
+        raise UserError("with --bench, -p is the number of prompt tokens (e.g. -p 128)")
+    n_prompt = int(prompt)
+    n_gen = args.n_predict if args.n_predict >= 0 else 64
+    args.ctx_size = args.ctx_size or max(n_prompt, n_gen, 1)
+    session = make_session(args, gguf)
+    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
+    run_bench(session.model, n_prompt, n_gen, max(1, args.repetitions), args.batch_size,
+              threads, args.json, model_name=os.path.basename(gguf.source))
+    return 0
+
+
 def run(argv=None, model_region=None):
     args = build_parser().parse_args(argv)
     if args.verify:  # before parsing the model, which may be the damaged part
@@ -252,6 +273,8 @@ def run(argv=None, model_region=None):
         return serve(args, gguf)
     if args.info:
         return cmd_info(args, gguf)
+    if args.bench:
+        return cmd_bench(args, gguf)
     if args.perplexity:
         return cmd_perplexity(args, gguf)
     if wants_chat(args):
