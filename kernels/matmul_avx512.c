@@ -186,45 +186,56 @@ AI __m512i kq_chunk(const int type, const uint8_t *b, int c) {
     return v;
 }
 
-// Per super-block and row: the 16 group scales (as int16 in a register), d, and the
-// float-pass constants c[16] (minimum or offset per group of 16).
+// Per super-block and row: the 16 group scales as int16 (in the low half of a
+// register), d, and the float-pass constants c[16] (minimum or offset per group of
+// 16). Built in registers: scalar byte stores reloaded as a vector would stall on
+// store forwarding.
 AI __m512i kq_scales(const int type, const uint8_t *b, float *d_out, float *c) {
-    int16_t sc16[16];
+    __m256i sc16;
+    __m512 cf;
     if (type == LZ_Q4_K || type == LZ_Q5_K) {
-        uint8_t sc[8], mn[8];
-        lz_k_scales(b + 4, sc, mn);
+        // the 6-bit scales and mins of lz_k_scales, four at a time
+        uint32_t a = ld32(b + 4), m = ld32(b + 8), h = ld32(b + 12);
+        uint32_t sc_lo = a & 0x3f3f3f3f, mn_lo = m & 0x3f3f3f3f;
+        uint32_t sc_hi = (h & 0x0f0f0f0f) | (((a >> 6) & 0x03030303) << 4);
+        uint32_t mn_hi = ((h >> 4) & 0x0f0f0f0f) | (((m >> 6) & 0x03030303) << 4);
+        __m128i sc = _mm_cvtsi64_si128((long long)(sc_lo | (uint64_t)sc_hi << 32));
+        __m128i mn = _mm_cvtsi64_si128((long long)(mn_lo | (uint64_t)mn_hi << 32));
+        sc16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc, sc)); // one per group of 16
         float d = lz_h2f((lz_half)ld16(b)), dmin = lz_h2f((lz_half)ld16(b + 2));
-        for (int g = 0; g < 16; g++) {
-            sc16[g] = sc[g >> 1];
-            c[g] = -dmin * (float)mn[g >> 1];
-        }
+        cf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(mn, mn))),
+                           _mm512_set1_ps(-dmin));
         *d_out = d;
     } else if (type == LZ_Q6_K) {
         float d = lz_h2f((lz_half)ld16(b + 208));
-        const int8_t *s = (const int8_t *)(b + 192);
-        for (int g = 0; g < 16; g++) {
-            sc16[g] = s[g];
-            c[g] = -32.0f * d * (float)s[g];
-        }
+        __m128i s8 = _mm_loadu_si128((const __m128i *)(b + 192));
+        sc16 = _mm256_cvtepi8_epi16(s8);
+        cf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)), _mm512_set1_ps(-32.0f * d));
         *d_out = d;
     } else if (type == LZ_Q3_K) {
-        int8_t s[16];
-        lz_q3_scales(b + 96, s);
+        // low nibbles from bytes 0-7 (scales 0-7 low, 8-15 high nibble), top 2 bits
+        // from bytes 8-11, two bits per scale group of four
+        uint64_t lo = 0, t = ld32(b + 104);
+        memcpy(&lo, b + 96, 8);
+        uint64_t top_a = (t & 0x03030303) | (((t >> 2) & 0x03030303) << 32);
+        uint64_t top_b = ((t >> 4) & 0x03030303) | (((t >> 6) & 0x03030303) << 32);
+        uint64_t s_a = (lo & 0x0f0f0f0f0f0f0f0full) | top_a << 4;
+        uint64_t s_b = ((lo >> 4) & 0x0f0f0f0f0f0f0f0full) | top_b << 4;
+        __m128i u = _mm_set_epi64x((long long)s_b, (long long)s_a);
+        sc16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(u), _mm256_set1_epi16(32));
         float d = lz_h2f((lz_half)ld16(b + 108));
-        for (int g = 0; g < 16; g++) {
-            sc16[g] = s[g];
-            c[g] = -4.0f * d * (float)s[g];
-        }
+        cf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(sc16)), _mm512_set1_ps(-4.0f * d));
         *d_out = d;
-    } else { // Q2_K
+    } else { // Q2_K: scale in the low nibble, min in the high one
+        __m128i s8 = _mm_loadu_si128((const __m128i *)b);
+        sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, _mm_set1_epi8(0x0F)));
+        __m128i mn = _mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(0x0F));
         float d = lz_h2f((lz_half)ld16(b + 80)), dmin = lz_h2f((lz_half)ld16(b + 82));
-        for (int g = 0; g < 16; g++) {
-            sc16[g] = b[g] & 0xF;
-            c[g] = -dmin * (float)(b[g] >> 4);
-        }
+        cf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)), _mm512_set1_ps(-dmin));
         *d_out = d;
     }
-    return _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)sc16));
+    _mm512_storeu_ps(c, cf);
+    return _mm512_castsi256_si512(sc16);
 }
 
 AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
@@ -286,13 +297,11 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
             for (; r < nr; r++)                                                               \
                 fn(type, 1, TT, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);     \
         }                                                                                     \
-        for (; t < nt; t++) {                                                                 \
-            int r = 0;                                                                        \
-            for (; r + RR <= nr; r += RR)                                                     \
-                fn(type, RR, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);     \
-            for (; r < nr; r++)                                                               \
+        /* single tokens take one row at a time: the weights then stream through */          \
+        /* memory in one sequential run, which the hardware prefetcher follows */            \
+        for (; t < nt; t++)                                                                   \
+            for (int r = 0; r < nr; r++)                                                      \
                 fn(type, 1, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);      \
-        }                                                                                     \
     } while (0)
 
 #define LEGACY_R 4

@@ -36,6 +36,7 @@ static struct {
     pthread_cond_t cv;
     pthread_mutex_t run_mu;     // one job at a time, whatever thread calls
     int64_t spin_ns;
+    unsigned start_gen;
 } pool = {
     .n = 1,
     .mu = PTHREAD_MUTEX_INITIALIZER,
@@ -52,7 +53,9 @@ static int64_t now_ns(void) {
 
 static void *worker(void *p) {
     int ith = (int)(intptr_t)p;
-    unsigned seen = atomic_load(&pool.gen);
+    // the generation when we were created: a job published before this thread got
+    // to run must still be seen as new
+    unsigned seen = pool.start_gen;
     for (;;) {
         int64_t deadline = 0;
         unsigned spins = 0;
@@ -98,11 +101,17 @@ void lz_pool_set_threads(int n) {
     pthread_mutex_lock(&pool.run_mu);
     if (n != pool.n) {
         stop_workers();
+        pool.start_gen = atomic_load(&pool.gen);
+        // musl's default thread stack is 128 KiB; kernels keep a few tiles on theirs
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 4 << 20);
         int started = 1;
         for (int i = 1; i < n; i++) {
-            if (pthread_create(&pool.tid[i], NULL, worker, (void *)(intptr_t)i) != 0) break;
+            if (pthread_create(&pool.tid[i], &attr, worker, (void *)(intptr_t)i) != 0) break;
             started++;
         }
+        pthread_attr_destroy(&attr);
         pool.n = started;
     }
     pthread_mutex_unlock(&pool.run_mu);
