@@ -401,7 +401,7 @@ def _mount_tmpfs(path, options):
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
 
 
-@pytest.mark.parametrize("options,fragment", [("size=1m", "no space left"),
+@pytest.mark.parametrize("options,fragment", [("size=256k", "no space left"),
                                               ("ro,size=1m", "cannot write")])
 def test_full_or_read_only_disk(spm_model, tmp_path, options, fragment):
     mount = tmp_path / "mnt"
