@@ -59,6 +59,9 @@ class BundleImporter(zipimport.zipimporter):
             spec.submodule_search_locations = [self.archive + "/" + fullname.replace(".", "/")]
         return spec
 
+    def invalidate_caches(self):
+        pass  # the bundle does not change under us; zipimporter's would reread it
+
     def create_module(self, spec):
         return None  # the default module object
 
