@@ -159,6 +159,20 @@ class CBackend:
     def take_rows(self, x, start, stop):
         return Tensor(stop - start, x.cols, x.addr + start * x.cols * _SIZEOF_F32, x)
 
+    def take_cols(self, x, start, stop):
+        if start == 0 and stop == x.cols:
+            return x
+        width = stop - start
+        if x.rows == 1:   # one row: the columns are contiguous already (decoding)
+            return Tensor(1, width, x.addr + start * _SIZEOF_F32, x)
+        # several rows (a prompt): a copy, one memmove a row; small beside the matmul
+        out = Tensor(x.rows, width)
+        row_bytes, src_stride = width * _SIZEOF_F32, x.cols * _SIZEOF_F32
+        src = x.addr + start * _SIZEOF_F32
+        for r in range(x.rows):
+            ctypes.memmove(out.addr + r * row_bytes, src + r * src_stride, row_bytes)
+        return out
+
     def stack_rows(self, parts):
         cols = parts[0].cols
         out = Tensor(sum(p.rows for p in parts), cols)
@@ -233,6 +247,8 @@ class CBackend:
         half = rope.n_rot // 2
         cs = (_F32 * max(1, n * half * 2))()
         self.lib.lz_rope_table(cs, pos0, n, inv[1], half)
+        if rope.attn_factor != 1.0:   # LongRoPE: cos and sin times the factor, in f32
+            self.lib.lz_scale(cs, n * half * 2, rope.attn_factor)
         self._rope_table[key] = (rope, pos0, n, cs)
         return cs
 

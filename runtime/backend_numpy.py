@@ -20,7 +20,9 @@ Operations (all a backend must provide):
     scale(X, s) -> X                                     in place X *= s
     mul_rows(X, w) -> X                                  in place, every len(w)-chunk times w
     rope(X, pos0, n_heads, head_dim, rope) -> X          in place; row i sits at position pos0+i;
-                                                         `rope` is a RopeParams
+                                                         `rope` is a RopeParams (cos and sin
+                                                         rounded to f32, then times its
+                                                         attn_factor in f32, as ggml does)
     kv_cache(n_layers, n_ctx, kv_dim) -> cache           keys and values, all layers
     attention(Q, K, V, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0)
         -> O[rows, n_heads*head_dim]                     stores K, V at positions pos0.. of
@@ -30,6 +32,10 @@ Operations (all a backend must provide):
     swiglu(G, U) -> Y                                    silu(G) * U
     geglu(G, U) -> Y                                     gelu_tanh(G) * U
     take_rows(X, start, stop) -> X[start:stop]
+    take_cols(X, start, stop) -> X[:, start:stop]        columns start..stop-1 of every row
+                                                         (splits fused q|k|v and gate|up
+                                                         outputs); like take_rows it may
+                                                         share memory with X
     stack_rows([X1, X2, ...]) -> X                      rows of each, in order (optional: the
                                                          server batches parallel slots with it)
     to_floats(X) -> list of rows, each a sequence of floats (for sampling and tests)
@@ -370,6 +376,9 @@ class NumpyBackend:
         theta = pos * inv[None, :]                      # [n, n_rot/2]
         cos = np.cos(theta).astype(np.float32)[:, None, :]
         sin = np.sin(theta).astype(np.float32)[:, None, :]
+        if rope.attn_factor != 1.0:
+            cos = cos * np.float32(rope.attn_factor)
+            sin = sin * np.float32(rope.attn_factor)
         heads = x.reshape(n, n_heads, head_dim)
         half = rope.n_rot // 2
         if rope.neox:
@@ -440,6 +449,10 @@ class NumpyBackend:
 
     def take_rows(self, x, start, stop):
         return x[start:stop]
+
+    def take_cols(self, x, start, stop):
+        # contiguous, because rope and attention reshape their input in place
+        return np.ascontiguousarray(x[:, start:stop])
 
     def stack_rows(self, parts):
         return np.concatenate(parts, axis=0)

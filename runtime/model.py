@@ -2,8 +2,21 @@
 
 One decoder serves the LLaMA family and its close relatives; each architecture is a
 set of switches on the same block (biases on q/k/v, norms on q and k, norms after
-attention and FFN, a GELU gate, sliding-window layers). All arithmetic goes through
-the backend (runtime/backend_numpy.py documents the interface).
+attention and FFN, a GELU gate, sliding-window layers, fused q|k|v and gate|up
+matrices). All arithmetic goes through the backend (runtime/backend_numpy.py
+documents the interface).
+
+What each architecture switches on follows llama.cpp's model code (llama-model.cpp
+and src/models/*.cpp), since llama.cpp is what we match token for token:
+
+    llama, mistral  adjacent-pair rope; everything else rotates NeoX halves
+    qwen2           biases on q, k and v
+    qwen3           RMS norm on each head of q and k, before rope
+    phi3            fused attn_qkv (q|k|v by columns) and ffn_up (gate|up), LongRoPE
+                    factors and attention factor, q scaled before attention
+    gemma3          embeddings times sqrt(dim), GELU gate, q/k norms, norms after
+                    attention and FFN, 5 sliding-window layers (rope base 10k, no rope
+                    scaling) then 1 global, q scaled before attention
 """
 
 import copy
@@ -13,7 +26,7 @@ from runtime import ggml_types
 from runtime.rope import RopeParams
 from runtime.errors import UserError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3")
 
 # llama.cpp rotates adjacent pairs for these (their GGUF q/k weights are permuted to
 # match) and uses the NeoX half-split layout for the rest.
@@ -49,19 +62,36 @@ class Config:
 
         self.n_rot = int(key("rope.dimension_count", self.head_dim))
         self.rope_base = float(key("rope.freq_base", 10000.0))
-        scaling = key("rope.scaling.type", "none")
+        # llama.cpp reads a missing scaling type as linear: a bare factor still applies.
+        scaling = key("rope.scaling.type", "linear")
         factor = float(key("rope.scaling.factor", 0.0) or 0.0)
         self.rope_scale = 1.0 / factor if scaling == "linear" and factor > 0 else 1.0
         self.rope_neox = arch not in _NORMAL_ROPE
+        # LongRoPE (Phi-3): long factors once the context outgrows the original one.
+        self.n_ctx_orig = int(key("rope.scaling.original_context_length", self.n_ctx_train))
+        self.rope_attn_factor = float(key("rope.scaling.attn_factor", 1.0) or 1.0)
 
         self.window = int(key("attention.sliding_window", 0) or 0)
-        # Gemma 3: five local (sliding-window, base 10k) layers, then one global.
+        if arch == "phi3":
+            # llama.cpp turns Phi-3's window off (the converters write values it does
+            # not trust, llama.cpp PR 13676); we follow it to keep its outputs.
+            self.window = 0
+        # Gemma 3: five local (sliding-window) layers, then one global; the local ones
+        # rotate with base 10k and no rope scaling whatever the global layers use.
         self.window_pattern = 6 if arch == "gemma3" else (1 if self.window else 0)
         self.rope_base_local = 10000.0 if arch == "gemma3" else self.rope_base
+        self.rope_scale_local = 1.0 if arch == "gemma3" else self.rope_scale
 
         self.embed_scale = math.sqrt(self.dim) if arch == "gemma3" else 1.0
         self.gelu_ffn = arch == "gemma3"
         self.attn_scale = 1.0 / math.sqrt(self.head_dim)
+        if arch == "gemma3" and self.n_layers == 62:
+            # llama.cpp's rule for Gemma 3 27B (query_pre_attn_scalar = dim / heads)
+            self.attn_scale = 1.0 / math.sqrt(self.dim // self.n_heads)
+        # Phi-3 and Gemma 3 multiply q by the scale before attention (llama.cpp's graph
+        # does, then attends with scale 1); the others scale the scores. Same maths,
+        # different roundings: attention rounds q to f16 after the product.
+        self.scale_q_first = arch in ("phi3", "gemma3")
 
     def layer_is_local(self, layer):
         """Whether `layer` attends only to the last `window` positions."""
@@ -76,9 +106,12 @@ class LayerWeights:
     def __init__(self, load, optional, i):
         p = f"blk.{i}."
         self.attn_norm = load(p + "attn_norm.weight")
-        self.wq = load(p + "attn_q.weight")
-        self.wk = load(p + "attn_k.weight")
-        self.wv = load(p + "attn_v.weight")
+        # q, k and v in one matrix (Phi-3), its output columns q | k | v; or three.
+        self.wqkv = optional(p + "attn_qkv.weight")
+        fused = self.wqkv is not None
+        self.wq = None if fused else load(p + "attn_q.weight")
+        self.wk = None if fused else load(p + "attn_k.weight")
+        self.wv = None if fused else load(p + "attn_v.weight")
         self.wo = load(p + "attn_output.weight")
         self.bq = optional(p + "attn_q.bias")
         self.bk = optional(p + "attn_k.bias")
@@ -87,7 +120,8 @@ class LayerWeights:
         self.k_norm = optional(p + "attn_k_norm.weight")
         self.attn_post_norm = optional(p + "post_attention_norm.weight")
         self.ffn_norm = load(p + "ffn_norm.weight")
-        self.w_gate = load(p + "ffn_gate.weight")
+        # No ffn_gate (Phi-3): ffn_up holds gate and up, output columns gate | up.
+        self.w_gate = optional(p + "ffn_gate.weight")
         self.w_up = load(p + "ffn_up.weight")
         self.w_down = load(p + "ffn_down.weight")
         self.ffn_post_norm = optional(p + "post_ffw_norm.weight")
@@ -113,20 +147,45 @@ class Model:
 
         self.tok_embd = load("token_embd.weight")
         self.layers = [LayerWeights(load, optional, i) for i in range(cfg.n_layers)]
+        self._check_fused_shapes(gguf)
         self.output_norm = load("output_norm.weight")
         # Tied embeddings: the output projection reuses the token embedding.
         self.output = optional("output.weight") or self.tok_embd
-        freq_factors = None
-        if "rope_freqs.weight" in gguf.tensors:
-            freq_factors = _f32_values(gguf, "rope_freqs.weight")
-        self.rope_global = RopeParams(cfg.n_rot, cfg.rope_base, cfg.rope_scale, cfg.rope_neox,
-                                      freq_factors)
-        self.rope_local = RopeParams(cfg.n_rot, cfg.rope_base_local, cfg.rope_scale,
-                                     cfg.rope_neox, freq_factors)
 
         # Like llama.cpp: -c 0 or none means the training context, capped to keep the cache modest.
         self.n_ctx = int(n_ctx) if n_ctx else min(cfg.n_ctx_train, 4096)
+
+        # Per-pair rope factors: Llama 3.1's rope_freqs, or LongRoPE's two sets, of
+        # which llama.cpp picks by the context size asked for (not by position).
+        freq_factors = None
+        if "rope_freqs.weight" in gguf.tensors:
+            freq_factors = _f32_values(gguf, "rope_freqs.weight")
+        else:
+            which = "long" if self.n_ctx > cfg.n_ctx_orig else "short"
+            if f"rope_factors_{which}.weight" in gguf.tensors:
+                freq_factors = _f32_values(gguf, f"rope_factors_{which}.weight")
+        if freq_factors is not None and len(freq_factors) != cfg.n_rot // 2:
+            raise UserError(f"{gguf.source}: rope factors have {len(freq_factors)} values, "
+                            f"expected {cfg.n_rot // 2}")
+        self.rope_global = RopeParams(cfg.n_rot, cfg.rope_base, cfg.rope_scale, cfg.rope_neox,
+                                      freq_factors, cfg.rope_attn_factor)
+        self.rope_local = RopeParams(cfg.n_rot, cfg.rope_base_local, cfg.rope_scale_local,
+                                     cfg.rope_neox, freq_factors, cfg.rope_attn_factor)
+
         self.cache = backend.kv_cache(cfg.n_layers, self.n_ctx, cfg.n_kv_heads * cfg.head_dim)
+
+    def _check_fused_shapes(self, gguf):
+        """Fused matrices are split by column counts; wrong ones would split silently."""
+        cfg = self.config
+        qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        for i, layer in enumerate(self.layers):
+            if layer.wqkv is not None and layer.wqkv.shape[1] != qkv:
+                raise UserError(f"{gguf.source}: blk.{i}.attn_qkv.weight has "
+                                f"{layer.wqkv.shape[1]} outputs, expected q|k|v = {qkv}")
+            if layer.w_gate is None and layer.w_up.shape[1] != 2 * cfg.ffn_dim:
+                raise UserError(f"{gguf.source}: blk.{i}.ffn_up.weight has "
+                                f"{layer.w_up.shape[1]} outputs and there is no ffn_gate; "
+                                f"a fused gate|up needs {2 * cfg.ffn_dim}")
 
     def with_own_cache(self):
         """A twin over the same weights with a KV cache of its own (a server slot)."""
@@ -199,9 +258,16 @@ class Model:
 
     def attention(self, h, layer, i, attend):
         cfg, b = self.config, self.backend
-        q = b.matmul(h, layer.wq)
-        k = b.matmul(h, layer.wk)
-        v = b.matmul(h, layer.wv)
+        if layer.wqkv is not None:
+            q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+            qkv = b.matmul(h, layer.wqkv)
+            q = b.take_cols(qkv, 0, q_dim)
+            k = b.take_cols(qkv, q_dim, q_dim + kv_dim)
+            v = b.take_cols(qkv, q_dim + kv_dim, q_dim + 2 * kv_dim)
+        else:
+            q = b.matmul(h, layer.wq)
+            k = b.matmul(h, layer.wk)
+            v = b.matmul(h, layer.wv)
         if layer.bq is not None:
             b.add_bias(q, layer.bq)
             b.add_bias(k, layer.bk)
@@ -218,13 +284,22 @@ class Model:
         rope = self.rope_local if local else self.rope_global
         b.rope(q, pos0, cfg.n_heads, cfg.head_dim, rope)
         b.rope(k, pos0, cfg.n_kv_heads, cfg.head_dim, rope)
+        scale = cfg.attn_scale
+        if cfg.scale_q_first:
+            b.scale(q, scale)
+            scale = 1.0
         return b.attention(q, k, v, cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
-                           cfg.head_dim, cfg.attn_scale, cfg.window if local else 0)
+                           cfg.head_dim, scale, cfg.window if local else 0)
 
     def feed_forward(self, h, layer):
         b = self.backend
-        gate = b.matmul(h, layer.w_gate)
-        up = b.matmul(h, layer.w_up)
+        if layer.w_gate is None:
+            n = self.config.ffn_dim
+            gate_up = b.matmul(h, layer.w_up)
+            gate, up = b.take_cols(gate_up, 0, n), b.take_cols(gate_up, n, 2 * n)
+        else:
+            gate = b.matmul(h, layer.w_gate)
+            up = b.matmul(h, layer.w_up)
         act = b.geglu(gate, up) if self.config.gelu_ffn else b.swiglu(gate, up)
         return b.matmul(act, layer.w_down)
 

@@ -76,10 +76,43 @@ def spm_vocab(model_path):
     return pieces, scores, types
 
 
+# llama.cpp's fallbacks when a row is not a whole number of 256-blocks
+_K_FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+
+
+def q4_k_m_type(name, row_length, layer=None):
+    """The type llama.cpp's Q4_K_M gives a tensor, simplified: Q4_K by default; Q6_K
+    for the output, the token embedding, and attn_v / ffn_down of layer 0 (the real
+    rule picks more layers); Q5_K for a fused attn_qkv; and Q5_0 / Q5_1 / Q8_0 when the
+    row length is not a multiple of 256 (Gemma 3 270M's 640-wide rows are like that)."""
+    if name in ("output.weight", "token_embd.weight"):
+        t = T.Q6_K
+    elif name.endswith(("attn_v.weight", "ffn_down.weight")) and layer == 0:
+        t = T.Q6_K
+    elif name.endswith("attn_qkv.weight"):
+        t = T.Q5_K
+    else:
+        t = T.Q4_K
+    return _K_FALLBACK[t] if row_length % 256 else t
+
+
 def write_model(path, spm_model, arch="llama", weight_type=T.Q8_0, dim=64, n_layers=2,
                 n_heads=4, n_kv_heads=2, ffn_dim=128, seed=0, tied=False, head_dim=None,
-                norm_type=T.F32, embed_type=None, extra_kv=None):
-    """Write a random model of `arch` with the SentencePiece vocabulary of `spm_model`."""
+                norm_type=T.F32, embed_type=None, extra_kv=None, window=0, long_rope=False,
+                fused=None, weight_std=0.5):
+    """Write a random model of `arch` with the SentencePiece vocabulary of `spm_model`.
+
+    Tensor names and shapes are the ones llama.cpp's converter writes for `arch`
+    (phi3: fused attn_qkv and a double-height ffn_up without ffn_gate). `weight_type`
+    is a type id, or "q4_k_m" for the mix of types a real Q4_K_M file has. `window`
+    sets `{arch}.attention.sliding_window`; `long_rope` adds Phi-3's LongRoPE factor
+    tensors and attention factor (original context 64, so -c above 64 picks the long
+    factors). `fused=False` writes phi3's fused matrices as the separate q, k, v, gate
+    and up tensors they split into (the same values), to check the split.
+    `weight_std` is the spread of the random weights, or "fan_in" for 1/sqrt(row
+    length) like trained models (keeps attention scores near 1, so the softmax is
+    not saturated and every key matters).
+    """
     gguf = _gguf()
     rng = np.random.default_rng(seed)
     pieces, scores, types = spm_vocab(spm_model)
@@ -107,7 +140,18 @@ def write_model(path, spm_model, arch="llama", weight_type=T.Q8_0, dim=64, n_lay
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    for key, value in (extra_kv or {}).items():
+    extra_kv = dict(extra_kv or {})
+    if window:
+        extra_kv[f"{arch}.attention.sliding_window"] = int(window)
+    if long_rope:
+        extra_kv[f"{arch}.rope.scaling.attn_factor"] = 1.19
+        extra_kv[f"{arch}.rope.scaling.original_context_length"] = 64
+        half = head_dim // 2
+        w.add_tensor("rope_factors_long.weight",
+                     (1.0 + 20.0 * rng.random(half)).astype(np.float32))
+        w.add_tensor("rope_factors_short.weight",
+                     (1.0 + 0.5 * rng.random(half)).astype(np.float32))
+    for key, value in extra_kv.items():
         if isinstance(value, float):
             w.add_float32(key, value)
         elif isinstance(value, int):
@@ -115,9 +159,28 @@ def write_model(path, spm_model, arch="llama", weight_type=T.Q8_0, dim=64, n_lay
         else:
             w.add_string(key, value)
 
-    def tensor(name, rows, cols, type_id):
-        data, raw = random_weight(rng, rows, cols, type_id)
+    def std_for(cols):
+        return cols ** -0.5 if weight_std == "fan_in" else weight_std
+
+    def tensor(name, rows, cols, type_id, layer=None):
+        if weight_type == "q4_k_m" and type_id == "q4_k_m":
+            type_id = q4_k_m_type(name, cols, layer)
+        data, raw = random_weight(rng, rows, cols, type_id, std_for(cols))
         w.add_tensor(name, data, raw_dtype=raw)
+
+    def fused_tensor(name, parts, cols, type_id, layer):
+        """One matrix whose output rows are `parts` [(name, rows)] stacked, written
+        as one tensor or (fused False) as the parts."""
+        if weight_type == "q4_k_m" and type_id == "q4_k_m":
+            type_id = q4_k_m_type(name, cols, layer)
+        data, raw = random_weight(rng, sum(n for _, n in parts), cols, type_id, std_for(cols))
+        if fused is False:
+            at = 0
+            for part, n in parts:
+                w.add_tensor(part, np.ascontiguousarray(data[at:at + n]), raw_dtype=raw)
+                at += n
+        else:
+            w.add_tensor(name, data, raw_dtype=raw)
 
     def norm(name, n):
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
@@ -127,10 +190,16 @@ def write_model(path, spm_model, arch="llama", weight_type=T.Q8_0, dim=64, n_lay
     for i in range(n_layers):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", dim)
-        tensor(p + "attn_q.weight", q_dim, dim, weight_type)
-        tensor(p + "attn_k.weight", kv_dim, dim, weight_type)
-        tensor(p + "attn_v.weight", kv_dim, dim, weight_type)
-        tensor(p + "attn_output.weight", dim, q_dim, weight_type)
+        if arch == "phi3":
+            fused_tensor(p + "attn_qkv.weight", [(p + "attn_q.weight", q_dim),
+                                                 (p + "attn_k.weight", kv_dim),
+                                                 (p + "attn_v.weight", kv_dim)],
+                         dim, weight_type, i)
+        else:
+            tensor(p + "attn_q.weight", q_dim, dim, weight_type, i)
+            tensor(p + "attn_k.weight", kv_dim, dim, weight_type, i)
+            tensor(p + "attn_v.weight", kv_dim, dim, weight_type, i)
+        tensor(p + "attn_output.weight", dim, q_dim, weight_type, i)
         if arch == "qwen2":
             for name, n in (("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)):
                 w.add_tensor(p + name, (0.1 * rng.standard_normal(n)).astype(np.float32))
@@ -141,9 +210,14 @@ def write_model(path, spm_model, arch="llama", weight_type=T.Q8_0, dim=64, n_lay
             norm(p + "post_attention_norm.weight", dim)
             norm(p + "post_ffw_norm.weight", dim)
         norm(p + "ffn_norm.weight", dim)
-        tensor(p + "ffn_gate.weight", ffn_dim, dim, weight_type)
-        tensor(p + "ffn_up.weight", ffn_dim, dim, weight_type)
-        tensor(p + "ffn_down.weight", dim, ffn_dim, weight_type)
+        if arch == "phi3":
+            fused_tensor(p + "ffn_up.weight", [(p + "ffn_gate.weight", ffn_dim),
+                                               (p + "ffn_up.weight", ffn_dim)],
+                         dim, weight_type, i)
+        else:
+            tensor(p + "ffn_gate.weight", ffn_dim, dim, weight_type, i)
+            tensor(p + "ffn_up.weight", ffn_dim, dim, weight_type, i)
+        tensor(p + "ffn_down.weight", dim, ffn_dim, weight_type, i)
     norm("output_norm.weight", dim)
     if not tied:
         tensor("output.weight", n_vocab, dim, weight_type)
