@@ -24,6 +24,27 @@ sys.path.insert(0, REPO)
 PROMPT = "Once upon a time,"
 
 
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _memory(pid):
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    fields[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return fields
+
+
 def first_token_seconds(cmd):
     """Seconds from spawning cmd to its first byte on stdout; also peak memory."""
     start = time.perf_counter()
@@ -32,14 +53,10 @@ def first_token_seconds(cmd):
     elapsed = time.perf_counter() - start
     peak = {"RssAnon": 0, "RssFile": 0}
     while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key in peak:
-                        peak[key] = max(peak[key], int(value.split()[0]) * 1024)
-        except OSError:
-            break
+        # The native launcher's bootloader runs the program in a child process.
+        for pid in [proc.pid] + _children(proc.pid):
+            for key, value in _memory(pid).items():
+                peak[key] = max(peak[key], value)
         time.sleep(0.01)
     proc.stdout.read()
     proc.wait()

@@ -143,9 +143,11 @@ def test_foreign_arch_under_qemu(spm_bundle, spm_model, tmp_path, arch, variant)
 
 # --- the archive -----------------------------------------------------------------
 
-def test_unzip_accepts_it_without_warnings(spm_bundle):
+@pytest.mark.parametrize("which", ["spm_bundle", "smol_native"])
+def test_unzip_accepts_it_without_warnings(request, which):
+    bundle = request.getfixturevalue(which)
     for flag in ("-l", "-t"):
-        result = run(["unzip", flag, str(spm_bundle)])
+        result = run(["unzip", flag, str(bundle)])
         assert result.returncode == 0, result.stdout + result.stderr
         assert "warning" not in (result.stdout + result.stderr).lower()
 
