@@ -297,6 +297,13 @@ def vendored_paths():
     return paths
 
 
+def _count(n):
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
 def print_summary(s):
     model = s["model"]
     kernels = "; ".join(f"{arch}: {', '.join(v) or 'none'}" for arch, v in s["kernels"].items())
@@ -304,7 +311,7 @@ def print_summary(s):
     print(f"  size      {s['size']:,} bytes ({s['size'] / 2**20:.1f} MiB)")
     print(f"  sha256    {s['sha256']}")
     print(f"  model     {model['member']} ({model['architecture']}, "
-          f"{model['parameters'] / 1e6:.0f}M parameters, "
+          f"{_count(model['parameters'])} parameters, "
           f"{', '.join(model['tensor_types'])}; {model['size']:,} bytes at offset "
           f"{model['data_offset']})")
     print(f"  launcher  {s['launcher']}")
