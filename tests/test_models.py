@@ -219,8 +219,9 @@ def test_gemma3_perplexity_within_half_percent_of_llama_cpp(tmp_path):
 
 
 def test_gemma3_chat_knows_the_capital_of_france():
-    pytest.importorskip("jinja2")
-    r = run_cli("-m", gemma3(), "--chat", "-p", "What is the capital of France?", "-n", "32",
+    """This GGUF is the base model and has no chat template, so --chat talks in plain
+    text (runtime/chat.py's RawFormat); it answers, then goes on asking itself."""
+    r = run_cli("-m", gemma3(), "--chat", "-p", "What is the capital of France?", "-n", "16",
                 "--temp", "0")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
