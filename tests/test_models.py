@@ -225,3 +225,21 @@ def test_gemma3_chat_knows_the_capital_of_france():
                 "--temp", "0")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
+def test_batched_decode_step_matches_single_sequences(arch, model_path):
+    """The server's batched step (forward_batch) goes through the fused splits too."""
+    b = CBackend(n_threads=2)
+    model = Model(GGUFFile.open(model_path(arch)), b, n_ctx=32)
+    twins = [model.with_own_cache() for _ in range(2)]
+    prompts = [PROMPT[:6], PROMPT[2:9]]
+    for twin, p in zip(twins, prompts):
+        twin.forward(p[:-1], 0)
+    batched = np.array(model.forward_batch([p[-1] for p in prompts],
+                                           [len(p) - 1 for p in prompts],
+                                           [t.cache for t in twins]))
+    for r, p in enumerate(prompts):
+        alone = Model(GGUFFile.open(model_path(arch)), b, n_ctx=32)
+        single = np.array(alone.forward(p, 0))
+        assert_agrees(batched[r:r + 1], single, (arch, r))
