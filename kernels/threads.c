@@ -4,6 +4,8 @@
 // waking sleeping threads for each would cost more than the work. Workers spin on
 // the job counter for a while (LZ_SPIN_NS) after each job, and only then sleep on
 // a condition variable; the caller spins for the workers to finish.
+// clock_gettime and friends are POSIX, hidden by -std=c11 unless asked for
+#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>

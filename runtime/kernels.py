@@ -86,18 +86,23 @@ def _getauxval(kind):
     return fn(kind)
 
 
-def detect_features(arch=None):
-    """The CPU features relevant to our variants, as a set of lowercase names."""
+def detect_features(arch=None, cpuinfo=None, hwcap=None):
+    """The CPU features relevant to our variants, as a set of lowercase names.
+
+    `cpuinfo` (the text of /proc/cpuinfo) and `hwcap` (the AT_HWCAP word) default to
+    this machine's; tests pass others.
+    """
     arch = arch or machine_arch()
     features = set()
-    info = _cpuinfo()
+    info = _cpuinfo() if cpuinfo is None else cpuinfo
+    if hwcap is None and cpuinfo is None and arch in ("aarch64", "riscv64"):
+        hwcap = _getauxval(_AT_HWCAP)
     if arch == "x86_64":
         for line in info.splitlines():
             if line.startswith("flags"):
                 features.update(line.split(":", 1)[1].split())
                 break
     elif arch == "aarch64":
-        hwcap = _getauxval(_AT_HWCAP)
         if hwcap:
             features.update(name for name, bit in _ARM_HWCAP.items() if hwcap >> bit & 1)
         else:
@@ -106,7 +111,6 @@ def detect_features(arch=None):
                     features.update(line.split(":", 1)[1].split())
                     break
     elif arch == "riscv64":
-        hwcap = _getauxval(_AT_HWCAP)
         if hwcap:
             # single-letter extensions: bit (letter - 'a')
             features.update(chr(ord("a") + i) for i in range(26) if hwcap >> i & 1)
