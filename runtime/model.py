@@ -90,7 +90,8 @@ class Config:
             self.attn_scale = 1.0 / math.sqrt(self.dim // self.n_heads)
         # Phi-3 and Gemma 3 multiply q by the scale before attention (llama.cpp's graph
         # does, then attends with scale 1); the others scale the scores. Same maths,
-        # different roundings: attention rounds q to f16 after the product.
+        # different roundings: attention rounds q to f16 after the product. (On Gemma 3
+        # 270M this order moves perplexity from 20.4296 to 20.3902; llama.cpp: 20.3576.)
         self.scale_q_first = arch in ("phi3", "gemma3")
 
     def layer_is_local(self, layer):
