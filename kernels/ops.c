@@ -5,6 +5,7 @@
 // numerics): norms accumulate in double, the KV cache and the attention's value
 // accumulator are f16, softmax is computed online over keys in order.
 #include <math.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 
 #include "ops.h"
@@ -191,6 +192,70 @@ void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim,
 
 // ---------------------------------------------------------------- attention
 
+
+#define LZ_MAX_HEAD_DIM 1024
+
+// q . k for an f32 query (already f16-valued) and an f16 key.
+static float dot_qk(const float *q, const lz_half *k, int n) {
+    int d = 0;
+    float sum = 0.0f;
+#if defined(__F16C__) && defined(__FMA__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; d + 16 <= n; d += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8))), a1);
+    }
+    __m256 a = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    sum = _mm_cvtss_f32(h);
+#elif defined(__aarch64__)
+    float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0);
+    for (; d + 8 <= n; d += 8) {
+        float16x8_t kh = vreinterpretq_f16_u16(vld1q_u16(k + d));
+        a0 = vfmaq_f32(a0, vld1q_f32(q + d), vcvt_f32_f16(vget_low_f16(kh)));
+        a1 = vfmaq_f32(a1, vld1q_f32(q + d + 4), vcvt_f32_f16(vget_high_f16(kh)));
+    }
+    sum = vaddvq_f32(vaddq_f32(a0, a1));
+#endif
+    for (; d < n; d++) sum += q[d] * lz_h2f(k[d]);
+    return sum;
+}
+
+// acc = f16(f16(acc * ms) + v * vs), the reference's two roundings (the first only
+// when a new maximum shrinks what was accumulated, ms != 1).
+static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, int shrink) {
+    int d = 0;
+#if defined(__F16C__)
+    const __m256 m8 = _mm256_set1_ps(ms), w8 = _mm256_set1_ps(vs);
+    for (; d + 8 <= n; d += 8) {
+        __m256 a = _mm256_loadu_ps(acc + d);
+        if (shrink)
+            a = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(a, m8), _MM_FROUND_TO_NEAREST_INT));
+        __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d)));
+        a = _mm256_add_ps(a, _mm256_mul_ps(vv, w8));
+        _mm256_storeu_ps(acc + d, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
+    }
+#elif defined(__aarch64__)
+    const float32x4_t m4 = vdupq_n_f32(ms), w4 = vdupq_n_f32(vs);
+    for (; d + 4 <= n; d += 4) {
+        float32x4_t a = vld1q_f32(acc + d);
+        if (shrink) a = vcvt_f32_f16(vcvt_f16_f32(vmulq_f32(a, m4)));
+        float32x4_t vv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(v + d)));
+        a = vaddq_f32(a, vmulq_f32(vv, w4));
+        vst1q_f32(acc + d, vcvt_f32_f16(vcvt_f16_f32(a)));
+    }
+#endif
+    for (; d < n; d++) {
+        float a = acc[d];
+        if (shrink) a = lz_h2f(lz_f2h(a * ms));
+        acc[d] = lz_h2f(lz_f2h(a + lz_h2f(v[d]) * vs));
+    }
+}
+
 typedef struct {
     const float *q;
     int64_t ldq;
@@ -202,25 +267,17 @@ typedef struct {
     int64_t window;
     float *out;
     int64_t ldo;
+    float *scores;            // per thread: room for every visible key
+    int64_t scores_per_thread;
     atomic_llong next;
 } attn_job;
 
-#define LZ_MAX_HEAD_DIM 1024
-
-static float dot_f32(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    for (; i < n; i++) acc[0] += a[i] * b[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 static void attn_worker(void *p, int ith, int nth) {
-    (void)ith; (void)nth;
+    (void)nth;
     attn_job *j = (attn_job *)p;
     const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads;
-    float q[LZ_MAX_HEAD_DIM], kv[LZ_MAX_HEAD_DIM], acc[LZ_MAX_HEAD_DIM];
+    float q[LZ_MAX_HEAD_DIM], acc[LZ_MAX_HEAD_DIM];
+    float *sc = j->scores + ith * j->scores_per_thread;
     const int64_t total = j->n_tokens * j->n_heads;
     for (;;) {
         int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
@@ -233,24 +290,20 @@ static void attn_worker(void *p, int ith, int nth) {
         // queries meet the f16 keys as f16 themselves
         for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)h * hd + d];
         round16_row(q, hd);
+        for (int64_t t = lo; t <= qpos; t++)
+            sc[t - lo] = dot_qk(q, j->kc + t * j->kv_dim + off, hd) * j->scale;
         for (int d = 0; d < hd; d++) acc[d] = 0.0f;
         float m = -INFINITY, s = 0.0f;
         for (int64_t t = lo; t <= qpos; t++) {
-            lz_h2f_row(j->kc + t * j->kv_dim + off, kv, hd);
-            float sc = dot_f32(q, kv, hd) * j->scale;
-            float ms = 1.0f, vs = 1.0f;
-            if (sc > m) {
-                // a new maximum: shrink what has been accumulated so far
-                ms = lz_expf(m - sc);
-                m = sc;
-                for (int d = 0; d < hd; d++) acc[d] *= ms;
-                round16_row(acc, hd);
+            float x = sc[t - lo], ms = 1.0f, vs = 1.0f;
+            int shrink = x > m;
+            if (shrink) {
+                ms = lz_expf(m - x); // a new maximum: scale down what is accumulated
+                m = x;
             } else {
-                vs = lz_expf(sc - m);
+                vs = lz_expf(x - m);
             }
-            lz_h2f_row(j->vc + t * j->kv_dim + off, kv, hd);
-            for (int d = 0; d < hd; d++) acc[d] += kv[d] * vs;
-            round16_row(acc, hd);
+            acc_update(acc, j->vc + t * j->kv_dim + off, ms, vs, hd, shrink);
             s = s * ms + vs;
         }
         float *o = j->out + i * j->ldo + (int64_t)h * hd;
@@ -273,8 +326,13 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
     j.n_tokens = n_tokens; j.pos0 = pos0;
     j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
     j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
+    j.scores_per_thread = (pos0 + n_tokens + 15) & ~(int64_t)15;
+    int nth = lz_pool_threads();
+    j.scores = malloc(sizeof(float) * (size_t)j.scores_per_thread * (size_t)nth);
+    if (!j.scores) return -2;
     atomic_init(&j.next, 0);
-    if (lz_pool_threads() > 1 && n_tokens * n_heads > 1) lz_pool_run(attn_worker, &j);
+    if (nth > 1 && n_tokens * n_heads > 1) lz_pool_run(attn_worker, &j);
     else attn_worker(&j, 0, 1);
+    free(j.scores);
     return 0;
 }
