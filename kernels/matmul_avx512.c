@@ -28,6 +28,11 @@
 // constants on the stack).
 #define MAX_K 32768
 
+// How far ahead matrix x vector fetches weights (bytes).
+#ifndef LZ_PF_DIST
+#define LZ_PF_DIST 3072
+#endif
+
 AI uint32_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 AI uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
@@ -62,14 +67,107 @@ AI int legacy_size(int type) {
          : type == LZ_Q5_1 ? 24 : 34;
 }
 
+// One pair of blocks (a, b) of a row: weights as unsigned bytes (Q8_0: |w|, with the
+// signs in *s), the scale vector [da x8, db x8], and the float-pass constants c[0..1].
+AI void legacy_pair(const int type, const uint8_t *pa, const uint8_t *pb, __m512i *wv,
+                    __mmask64 *s, __m512 *d, float *c) {
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
+    const __m512i idx_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_dm = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    if (type == LZ_Q8_0) {
+        __m512i v = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(pa + 2))),
+            _mm256_loadu_si256((const __m256i *)(pb + 2)), 1);
+        *s = _mm512_movepi8_mask(v);
+        *wv = _mm512_abs_epi8(v);
+    } else if (type == LZ_Q4_0) {
+        *wv = nibbles_pair(pa + 2, pb + 2);
+    } else if (type == LZ_Q4_1) {
+        *wv = nibbles_pair(pa + 4, pb + 4);
+    } else {
+        const int qh = type == LZ_Q5_0 ? 2 : 4;
+        __m512i v = nibbles_pair(pa + qh + 4, pb + qh + 4);
+        __mmask64 hb = (__mmask64)ld32(pa + qh) | ((__mmask64)ld32(pb + qh) << 32);
+        *wv = _mm512_mask_add_epi8(v, hb, v, _mm512_set1_epi8(16));
+    }
+    if (with_min) {
+        // [da, ma, db, mb]
+        __m128 f = _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)ld32(pb), (int)ld32(pa)));
+        *d = _mm512_permutexvar_ps(idx_dm, _mm512_castps128_ps512(f));
+        _mm_storel_pi((__m64 *)c, _mm_shuffle_ps(f, f, _MM_SHUFFLE(3, 1, 3, 1)));
+    } else {
+        __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(pa) | ld16(pb) << 16)));
+        *d = _mm512_permutexvar_ps(idx_d, _mm512_castps128_ps512(f));
+        if (c) _mm_storel_pi((__m64 *)c, f);
+    }
+}
+
+// [sum(a), sum(b), sum(c), sum(d)]
+AI __m256 hi256(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
+AI __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 ra = _mm256_add_ps(_mm512_castps512_ps256(a), hi256(a));
+    __m256 rb = _mm256_add_ps(_mm512_castps512_ps256(b), hi256(b));
+    __m256 rc = _mm256_add_ps(_mm512_castps512_ps256(c), hi256(c));
+    __m256 rd = _mm256_add_ps(_mm512_castps512_ps256(d), hi256(d));
+    __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(ra, rb), _mm256_hadd_ps(rc, rd));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// Matrix x vector, 4 rows: each row is walked whole before the next, so the weights
+// stream through memory in one sequential run (the hardware prefetcher follows it,
+// and we fetch ahead too); the 4 rows share one horizontal reduction, and the float
+// pass is folded into the accumulators.
+AI void legacy_gemv4(const int type, int64_t k, const uint8_t *w, size_t ws, const uint8_t *x,
+                     float *y) {
+    const int bs = legacy_size(type);
+    const int has_c = type != LZ_Q8_0;
+    const int64_t nb = k / QK, np = (nb + 1) / 2, nbp = lz_pad64(k) / QK;
+    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
+    const __m512i idx_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const float coef = type == LZ_Q4_0 ? -8.0f : type == LZ_Q5_0 ? -16.0f : 1.0f;
+    float cb[has_c ? nbp : 1];
+    __m512 acc[4];
+    for (int r = 0; r < 4; r++) {
+        const uint8_t *row = w + r * ws;
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t p = 0; p < np; p++) {
+            const int64_t ba = 2 * p, bb = 2 * p + 1 < nb ? 2 * p + 1 : 2 * p;
+            _mm_prefetch((const char *)row + ba * bs + LZ_PF_DIST, _MM_HINT_T0);
+            __m512i wv;
+            __mmask64 sg;
+            __m512 d;
+            legacy_pair(type, row + ba * bs, row + bb * bs, &wv, &sg, &d, has_c ? &cb[2 * p] : NULL);
+            __m512i xv = _mm512_loadu_si512((const void *)(x + 64 * p));
+            if (type == LZ_Q8_0) xv = _mm512_mask_sub_epi8(xv, sg, _mm512_setzero_si512(), xv);
+            __m512 dxv = _mm512_permutexvar_ps(
+                idx_d, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(dx + 2 * p)))));
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, dxv), a);
+        }
+        if (has_c) {
+            // the pad block's s is 0, and its c a copy: harmless
+            const __m512 cv = _mm512_set1_ps(coef);
+            int64_t i = 0;
+            for (; i + 16 <= nb; i += 16)
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(cb + i), _mm512_mul_ps(_mm512_loadu_ps(sx + i), cv), a);
+            if (i < nb) {
+                __mmask16 m = (__mmask16)((1u << (nb - i)) - 1);
+                a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, cb + i),
+                                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sx + i), cv), a);
+            }
+        }
+        acc[r] = a;
+    }
+    _mm_storeu_ps(y, reduce4(acc[0], acc[1], acc[2], acc[3]));
+}
+
 AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                     size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = legacy_size(type);
     const int has_c = type != LZ_Q8_0; // offset or minimum per block
-    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK, np = (nb + 1) / 2, nbp = lz_pad64(k) / QK;
     const __m512i idx_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i idx_dm = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     float cb[R][has_c ? nbp : 1];
     __m512 acc[R][T];
     for (int r = 0; r < R; r++)
@@ -80,35 +178,9 @@ AI void legacy_tile(const int type, const int R, const int T, int64_t k, const u
         __m512i W[R];                                 // harmless as x's pad block is zero
         __mmask64 S[R];
         __m512 D[R];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *pa = w + r * ws + ba * bs, *pb = w + r * ws + bb * bs;
-            if (type == LZ_Q8_0) {
-                __m512i v = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(pa + 2))),
-                    _mm256_loadu_si256((const __m256i *)(pb + 2)), 1);
-                S[r] = _mm512_movepi8_mask(v);
-                W[r] = _mm512_abs_epi8(v);
-            } else if (type == LZ_Q4_0) {
-                W[r] = nibbles_pair(pa + 2, pb + 2);
-            } else if (type == LZ_Q4_1) {
-                W[r] = nibbles_pair(pa + 4, pb + 4);
-            } else {
-                const int qh = type == LZ_Q5_0 ? 2 : 4;
-                __m512i v = nibbles_pair(pa + qh + 4, pb + qh + 4);
-                __mmask64 hb = (__mmask64)ld32(pa + qh) | ((__mmask64)ld32(pb + qh) << 32);
-                W[r] = _mm512_mask_add_epi8(v, hb, v, _mm512_set1_epi8(16));
-            }
-            if (with_min) {
-                // [da, ma, db, mb]
-                __m128 f = _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)ld32(pb), (int)ld32(pa)));
-                D[r] = _mm512_permutexvar_ps(idx_dm, _mm512_castps128_ps512(f));
-                _mm_storel_pi((__m64 *)&cb[r][2 * p], _mm_shuffle_ps(f, f, _MM_SHUFFLE(3, 1, 3, 1)));
-            } else {
-                __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(pa) | ld16(pb) << 16)));
-                D[r] = _mm512_permutexvar_ps(idx_d, _mm512_castps128_ps512(f));
-                if (has_c) _mm_storel_pi((__m64 *)&cb[r][2 * p], f);
-            }
-        }
+        for (int r = 0; r < R; r++)
+            legacy_pair(type, w + r * ws + ba * bs, w + r * ws + bb * bs, &W[r], &S[r], &D[r],
+                        has_c ? &cb[r][2 * p] : NULL);
         for (int t = 0; t < T; t++) {
             const uint8_t *xr = x + t * xs;
             __m512i X = _mm512_loadu_si512((const void *)(xr + 64 * p));
@@ -315,11 +387,24 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
         TILES(fn, type, RR, TT);                                                              \
     }
 
-DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, LEGACY_R, LEGACY_T)
-DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, LEGACY_R, LEGACY_T)
-DEFINE_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, LEGACY_R, LEGACY_T)
-DEFINE_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, LEGACY_R, LEGACY_T)
-DEFINE_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, LEGACY_R, LEGACY_T)
+// Matrix x vector tiles of the 32-block types: 4 rows at a time.
+#define DEFINE_LEGACY_TILE(name, type)                                                        \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
+                     size_t xs, int nt, float *y, size_t ldy) {                               \
+        if (nt == 1) {                                                                        \
+            int r = 0;                                                                        \
+            for (; r + 4 <= nr; r += 4) legacy_gemv4(type, k, w + r * ws, ws, x, y + r);      \
+            for (; r < nr; r++) legacy_tile(type, 1, 1, k, w + r * ws, ws, x, xs, y + r, ldy); \
+            return;                                                                           \
+        }                                                                                     \
+        TILES(legacy_tile, type, LEGACY_R, LEGACY_T);                                         \
+    }
+
+DEFINE_LEGACY_TILE(tile_q4_0, LZ_Q4_0)
+DEFINE_LEGACY_TILE(tile_q4_1, LZ_Q4_1)
+DEFINE_LEGACY_TILE(tile_q5_0, LZ_Q5_0)
+DEFINE_LEGACY_TILE(tile_q5_1, LZ_Q5_1)
+DEFINE_LEGACY_TILE(tile_q8_0, LZ_Q8_0)
 DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, KQ_R, KQ_T)
 DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, KQ_R, KQ_T)
 DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, KQ_R, KQ_T)
