@@ -199,6 +199,21 @@ void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim,
 static float dot_qk(const float *q, const lz_half *k, int n) {
     int d = 0;
     float sum = 0.0f;
+#if defined(__AVX512F__)
+    if (n % 16 == 0) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (; d + 32 <= n; d += 32) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d + 16))), a1);
+        }
+        if (d < n)
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), a0);
+        return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+#endif
 #if defined(__F16C__) && defined(__FMA__)
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     for (; d + 16 <= n; d += 16) {
@@ -229,6 +244,17 @@ static float dot_qk(const float *q, const lz_half *k, int n) {
 // when a new maximum shrinks what was accumulated, ms != 1).
 static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, int shrink) {
     int d = 0;
+#if defined(__AVX512F__)
+    const __m512 m16 = _mm512_set1_ps(ms), w16 = _mm512_set1_ps(vs);
+    for (; d + 16 <= n; d += 16) {
+        __m512 a = _mm512_loadu_ps(acc + d);
+        if (shrink)
+            a = _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_mul_ps(a, m16), _MM_FROUND_TO_NEAREST_INT));
+        __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + d)));
+        a = _mm512_add_ps(a, _mm512_mul_ps(vv, w16));
+        _mm512_storeu_ps(acc + d, _mm512_cvtph_ps(_mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
+    }
+#endif
 #if defined(__F16C__)
     const __m256 m8 = _mm256_set1_ps(ms), w8 = _mm256_set1_ps(vs);
     for (; d + 8 <= n; d += 8) {
