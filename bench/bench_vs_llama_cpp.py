@@ -12,7 +12,6 @@ Defaults to SmolLM2 Q4_1 and its Q8_0 requantization.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,15 @@ print(json.dumps(res))
 """
 
 
+_LLAMA_ONE_TOKEN = r"""
+import sys
+import llama_cpp
+lm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_threads=int(sys.argv[2]), verbose=False)
+out = lm.create_completion("Hello", max_tokens=1, temperature=0)
+sys.stdout.write(out["choices"][0]["text"] or "-")
+"""
+
+
 def llama_cpp(model, threads, reps, n_prompt=128, n_gen=64):
     r = subprocess.run([sys.executable, "-c", _LLAMA_SCRIPT, model, str(threads), str(reps),
                         str(n_prompt), str(n_gen)], capture_output=True, text=True)
@@ -68,15 +76,15 @@ def llama_cpp(model, threads, reps, n_prompt=128, n_gen=64):
 
 def first_token_and_rss(cmd):
     """Seconds from exec to the first byte on stdout, and the child's peak RSS (MiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     proc.stdout.read(1)
     first = time.perf_counter() - t0
     proc.stdout.read()
-    proc.wait()
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return first, max(peak, before) / 1024.0
+    # wait4 gives this child's own peak, not the maximum over every child so far
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return first, usage.ru_maxrss / 1024.0
 
 
 def main():
@@ -114,6 +122,11 @@ def main():
     runs = [first_token_and_rss(cmd) for _ in range(3)]
     print(f"\nexec -> first token (python -m runtime, -c 512): "
           f"{min(r[0] for r in runs):.3f} s; peak RSS {max(r[1] for r in runs):.0f} MiB")
+    ref_cmd = [sys.executable, "-c", _LLAMA_ONE_TOKEN, model, str(args.threads)]
+    ref = first_token_and_rss(ref_cmd)
+    if ref[1] > 0:
+        print(f"llama.cpp (llama-cpp-python, -c 512): exec -> first token {ref[0]:.3f} s "
+              f"(includes importing the binding); peak RSS {ref[1]:.0f} MiB")
 
 
 def _cpu_name():
