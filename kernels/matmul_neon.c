@@ -1,3 +1,202 @@
-// placeholder
+// AArch64 NEON kernels for every quantized type (variants `neon` and `dotprod`).
+//
+// Weights are unpacked to signed bytes with their offset already applied (q - 8,
+// q - 16, q - 32 all fit in int8), 16 at a time, and multiplied with the int8
+// activations: with the dot product extension (variant dotprod) by sdot, four
+// products per 32-bit lane; on baseline Armv8 by widening multiplies (products fit
+// int16: 128 * 127) and pairwise accumulation into 32 bits. Q4_1/Q5_1 minimums use
+// the activation block sums (m * s); K-quant minimums the 16-value sums (bsums), in
+// integers.
+#include <arm_neon.h>
+
 #include "quants.h"
-void lz_init_neon(lz_kernels *k) { (void)k; }
+
+#define AI static inline __attribute__((always_inline))
+
+AI uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+AI float h2f(const uint8_t *p) { __fp16 h; memcpy(&h, p, 2); return (float)h; }
+
+AI int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+    return vpadalq_s16(acc, vmull_high_s8(a, b));
+#endif
+}
+
+// 0xFF in byte i where bit i of u is set (i < 16).
+AI uint8x16_t bits16(uint32_t u) {
+    static const uint8_t m[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    uint8x16_t v = vcombine_u8(vdup_n_u8((uint8_t)u), vdup_n_u8((uint8_t)(u >> 8)));
+    return vtstq_u8(v, vld1q_u8(m));
+}
+
+AI int8x16_t s8(uint8x16_t v) { return vreinterpretq_s8_u8(v); }
+
+// ---------------------------------------------------------------- 32-blocks
+
+AI int legacy_size(int type) {
+    return type == LZ_Q4_0 ? 18 : type == LZ_Q4_1 ? 20 : type == LZ_Q5_0 ? 22
+         : type == LZ_Q5_1 ? 24 : 34;
+}
+
+AI float legacy_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
+    const int bs = legacy_size(type);
+    const int64_t nb = k / QK;
+    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), h5 = vdupq_n_u8(0x10);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float accm = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bs;
+        int8x16_t w0, w1;
+        if (type == LZ_Q8_0) {
+            w0 = vld1q_s8((const int8_t *)blk + 2);
+            w1 = vld1q_s8((const int8_t *)blk + 18);
+        } else {
+            const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
+            uint8x16_t v = vld1q_u8(blk + qs);
+            uint8x16_t lo = vandq_u8(v, m4), hi = vshrq_n_u8(v, 4);
+            if (type == LZ_Q5_0 || type == LZ_Q5_1) {
+                uint32_t qh = ld32(blk + (type == LZ_Q5_0 ? 2 : 4));
+                lo = vorrq_u8(lo, vandq_u8(bits16(qh), h5));
+                hi = vorrq_u8(hi, vandq_u8(bits16(qh >> 16), h5));
+            }
+            w0 = s8(lo);
+            w1 = s8(hi);
+            if (type == LZ_Q4_0) {
+                w0 = vsubq_s8(w0, vdupq_n_s8(8));
+                w1 = vsubq_s8(w1, vdupq_n_s8(8));
+            } else if (type == LZ_Q5_0) {
+                w0 = vsubq_s8(w0, vdupq_n_s8(16));
+                w1 = vsubq_s8(w1, vdupq_n_s8(16));
+            } else {
+                accm += h2f(blk + 2) * sx[b]; // the minimum meets sum(x)
+            }
+        }
+        const int8_t *xb = (const int8_t *)x + 32 * b;
+        int32x4_t s = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(xb)), w1, vld1q_s8(xb + 16));
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h2f(blk) * dx[b]);
+    }
+    return vaddvq_f32(acc) + accm;
+}
+
+// ---------------------------------------------------------------- K-quants
+
+AI int kq_size(int type) {
+    return type == LZ_Q2_K ? 84 : type == LZ_Q3_K ? 110 : type == LZ_Q4_K ? 144
+         : type == LZ_Q5_K ? 176 : 210;
+}
+
+// Weights 32j + 16h .. +15 (j = 0..7, h = 0..1) of super-block b, signed.
+AI int8x16_t kq_part(const int type, const uint8_t *b, int j, int h) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
+    const int l = 16 * h; // position inside the 32-byte source rows
+    if (type == LZ_Q4_K || type == LZ_Q5_K) {
+        uint8x16_t q = vld1q_u8(b + (type == LZ_Q4_K ? 16 : 48) + 32 * (j >> 1) + l);
+        uint8x16_t v = j & 1 ? vshrq_n_u8(q, 4) : vandq_u8(q, m4);
+        if (type == LZ_Q5_K) {
+            uint8x16_t qh = vld1q_u8(b + 16 + l);
+            uint8x16_t hb = vandq_u8(vshlq_u8(qh, vdupq_n_s8((int8_t)-j)), vdupq_n_u8(1));
+            v = vorrq_u8(v, vshlq_n_u8(hb, 4));
+        }
+        return s8(v);
+    }
+    if (type == LZ_Q6_K) {
+        const int half = j >> 2, q = j & 3;
+        uint8x16_t ql = vld1q_u8(b + 64 * half + 32 * (q & 1) + l);
+        uint8x16_t qh = vld1q_u8(b + 128 + 32 * half + l);
+        uint8x16_t lo = q >= 2 ? vshrq_n_u8(ql, 4) : vandq_u8(ql, m4);
+        uint8x16_t hi = vandq_u8(vshlq_u8(qh, vdupq_n_s8((int8_t)(-2 * q))), m3);
+        return vsubq_s8(s8(vorrq_u8(lo, vshlq_n_u8(hi, 4))), vdupq_n_s8(32));
+    }
+    const int half = j >> 2, m = j & 3;
+    uint8x16_t q = vld1q_u8(b + (type == LZ_Q2_K ? 16 : 32) + 32 * half + l);
+    uint8x16_t v = vandq_u8(vshlq_u8(q, vdupq_n_s8((int8_t)(-2 * m))), m3);
+    if (type == LZ_Q2_K) return s8(v);
+    // Q3_K: a clear high bit means -4
+    uint8x16_t hm = vld1q_u8(b + l);
+    uint8x16_t hb = vandq_u8(vshlq_u8(hm, vdupq_n_s8((int8_t)-(4 * half + m))), vdupq_n_u8(1));
+    return vsubq_s8(s8(vorrq_u8(v, vshlq_n_u8(hb, 2))), vdupq_n_s8(4));
+}
+
+AI float kq_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
+    const int bs = kq_size(type);
+    const int64_t nsb = k / QK_K;
+    const float *dx = xq8k_d(x, k);
+    const int16_t *bsums = xq8k_bsums(x, k);
+    float sum = 0.0f;
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + sb * bs;
+        const int8_t *xq = (const int8_t *)x + sb * QK_K;
+        const int16_t *bs16 = bsums + sb * 16;
+        int sc[16], mn[16] = {0};
+        float d, dmin = 0.0f;
+        if (type == LZ_Q4_K || type == LZ_Q5_K) {
+            uint8_t s[8], m[8];
+            lz_k_scales(blk + 4, s, m);
+            for (int g = 0; g < 16; g++) {
+                sc[g] = s[g >> 1];
+                mn[g] = m[g >> 1];
+            }
+            d = h2f(blk);
+            dmin = h2f(blk + 2);
+        } else if (type == LZ_Q6_K) {
+            for (int g = 0; g < 16; g++) sc[g] = ((const int8_t *)blk)[192 + g];
+            d = h2f(blk + 208);
+        } else if (type == LZ_Q3_K) {
+            int8_t s[16];
+            lz_q3_scales(blk + 96, s);
+            for (int g = 0; g < 16; g++) sc[g] = s[g];
+            d = h2f(blk + 108);
+        } else {
+            for (int g = 0; g < 16; g++) {
+                sc[g] = blk[g] & 0xF;
+                mn[g] = blk[g] >> 4;
+            }
+            d = h2f(blk + 80);
+            dmin = h2f(blk + 82);
+        }
+        int32x4_t acc = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j++)
+            for (int h = 0; h < 2; h++) {
+                int32x4_t p = dot16(vdupq_n_s32(0), kq_part(type, blk, j, h), vld1q_s8(xq + 32 * j + 16 * h));
+                acc = vmlaq_n_s32(acc, p, sc[2 * j + h]);
+            }
+        int msum = 0;
+        for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
+        sum += dx[sb] * (d * (float)vaddvq_s32(acc) - dmin * (float)msum);
+    }
+    return sum;
+}
+
+// ---------------------------------------------------------------- tiles
+
+#define DEFINE_TILE(name, fn, type)                                                            \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,        \
+                     size_t xs, int nt, float *y, size_t ldy) {                                \
+        for (int t = 0; t < nt; t++)                                                           \
+            for (int r = 0; r < nr; r++) y[t * ldy + r] = fn(type, w + r * ws, x + t * xs, k); \
+    }
+
+DEFINE_TILE(tile_q4_0, legacy_dot, LZ_Q4_0)
+DEFINE_TILE(tile_q4_1, legacy_dot, LZ_Q4_1)
+DEFINE_TILE(tile_q5_0, legacy_dot, LZ_Q5_0)
+DEFINE_TILE(tile_q5_1, legacy_dot, LZ_Q5_1)
+DEFINE_TILE(tile_q8_0, legacy_dot, LZ_Q8_0)
+DEFINE_TILE(tile_q2_k, kq_dot, LZ_Q2_K)
+DEFINE_TILE(tile_q3_k, kq_dot, LZ_Q3_K)
+DEFINE_TILE(tile_q4_k, kq_dot, LZ_Q4_K)
+DEFINE_TILE(tile_q5_k, kq_dot, LZ_Q5_K)
+DEFINE_TILE(tile_q6_k, kq_dot, LZ_Q6_K)
+
+void lz_init_neon(lz_kernels *k) {
+    static const struct { int type; lz_tile_fn f; } t[] = {
+        {LZ_Q4_0, tile_q4_0}, {LZ_Q4_1, tile_q4_1}, {LZ_Q5_0, tile_q5_0},
+        {LZ_Q5_1, tile_q5_1}, {LZ_Q8_0, tile_q8_0}, {LZ_Q2_K, tile_q2_k},
+        {LZ_Q3_K, tile_q3_k}, {LZ_Q4_K, tile_q4_k}, {LZ_Q5_K, tile_q5_k},
+        {LZ_Q6_K, tile_q6_k},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) k->types[t[i].type].tile = t[i].f;
+}
