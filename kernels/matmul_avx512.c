@@ -94,7 +94,7 @@ AI void legacy_pair(const int type, const uint8_t *pa, const uint8_t *pb, __m512
         // [da, ma, db, mb]
         __m128 f = _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)ld32(pb), (int)ld32(pa)));
         *d = _mm512_permutexvar_ps(idx_dm, _mm512_castps128_ps512(f));
-        _mm_storel_pi((__m64 *)c, _mm_shuffle_ps(f, f, _MM_SHUFFLE(3, 1, 3, 1)));
+        if (c) _mm_storel_pi((__m64 *)c, _mm_shuffle_ps(f, f, _MM_SHUFFLE(3, 1, 3, 1)));
     } else {
         __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(pa) | ld16(pb) << 16)));
         *d = _mm512_permutexvar_ps(idx_d, _mm512_castps128_ps512(f));
@@ -122,28 +122,64 @@ AI void legacy_gemv4(const int type, int64_t k, const uint8_t *w, size_t ws, con
                      float *y) {
     const int bs = legacy_size(type);
     const int has_c = type != LZ_Q8_0;
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK, np = (nb + 1) / 2, nbp = lz_pad64(k) / QK;
     const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
     const __m512i idx_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_q0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_q1 = _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m256i pick_c = with_min ? _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)
+                                    : _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     const float coef = type == LZ_Q4_0 ? -8.0f : type == LZ_Q5_0 ? -16.0f : 1.0f;
-    float cb[has_c ? nbp : 1];
+    // the activation scales of each pair, spread over the 16 lanes once for all 4 rows
+    __m512 dxe[np];
+    for (int64_t p = 0; p < np; p++)
+        dxe[p] = _mm512_permutexvar_ps(
+            idx_d, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(dx + 2 * p)))));
+    float cb[has_c ? nbp + 4 : 1];
     __m512 acc[4];
     for (int r = 0; r < 4; r++) {
         const uint8_t *row = w + r * ws;
         __m512 a = _mm512_setzero_ps();
-        for (int64_t p = 0; p < np; p++) {
+        int64_t p = 0;
+        // four blocks at a time: one conversion gives [d0 m0 d1 m1 d2 m2 d3 m3]
+        // (for the d-only types the odd lanes are data bytes, never used)
+        for (; 2 * p + 4 <= nb; p += 2) {
+            const uint8_t *b0 = row + 2 * p * bs;
+            _mm_prefetch((const char *)b0 + LZ_PF_DIST, _MM_HINT_T0);
+            _mm_prefetch((const char *)b0 + LZ_PF_DIST + 64, _MM_HINT_T0);
+            __m256 f = _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(b0), (int)ld32(b0 + bs),
+                                                      (int)ld32(b0 + 2 * bs), (int)ld32(b0 + 3 * bs)));
+            if (has_c)
+                _mm_storeu_ps(&cb[2 * p], _mm256_castps256_ps128(_mm256_permutevar8x32_ps(f, pick_c)));
+            __m512 d0 = _mm512_permutexvar_ps(idx_q0, _mm512_castps256_ps512(f));
+            __m512 d1 = _mm512_permutexvar_ps(idx_q1, _mm512_castps256_ps512(f));
+            __m512i w0, w1;
+            __mmask64 s0 = 0, s1 = 0;
+            __m512 unused;
+            legacy_pair(type, b0, b0 + bs, &w0, &s0, &unused, NULL);
+            legacy_pair(type, b0 + 2 * bs, b0 + 3 * bs, &w1, &s1, &unused, NULL);
+            __m512i x0 = _mm512_loadu_si512((const void *)(x + 64 * p));
+            __m512i x1 = _mm512_loadu_si512((const void *)(x + 64 * p + 64));
+            if (type == LZ_Q8_0) {
+                x0 = _mm512_mask_sub_epi8(x0, s0, _mm512_setzero_si512(), x0);
+                x1 = _mm512_mask_sub_epi8(x1, s1, _mm512_setzero_si512(), x1);
+            }
+            __m512i i0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, x0);
+            __m512i i1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, x1);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(d0, dxe[p]), a);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(d1, dxe[p + 1]), a);
+        }
+        for (; p < np; p++) {
             const int64_t ba = 2 * p, bb = 2 * p + 1 < nb ? 2 * p + 1 : 2 * p;
-            _mm_prefetch((const char *)row + ba * bs + LZ_PF_DIST, _MM_HINT_T0);
             __m512i wv;
             __mmask64 sg;
             __m512 d;
             legacy_pair(type, row + ba * bs, row + bb * bs, &wv, &sg, &d, has_c ? &cb[2 * p] : NULL);
             __m512i xv = _mm512_loadu_si512((const void *)(x + 64 * p));
             if (type == LZ_Q8_0) xv = _mm512_mask_sub_epi8(xv, sg, _mm512_setzero_si512(), xv);
-            __m512 dxv = _mm512_permutexvar_ps(
-                idx_d, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(dx + 2 * p)))));
             __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, dxv), a);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, dxe[p]), a);
         }
         if (has_c) {
             // the pad block's s is 0, and its c a copy: harmless
