@@ -193,50 +193,56 @@ void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim,
 // ---------------------------------------------------------------- attention
 
 
+#define LZ_MAX_HEAD_DIM 1024
 
-// a . b in f32 (eight partial sums: vectorizable without reassociation).
-static float dot_f32(const float *a, const float *b, int n) {
+// q . k for an f32 query (already f16-valued) and an f16 key.
+static float dot_qk(const float *q, const lz_half *k, int n) {
     int d = 0;
     float sum = 0.0f;
 #if defined(__AVX512F__)
-    __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
-    for (; d + 32 <= n; d += 32) {
-        v0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), v0);
-        v1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), _mm512_loadu_ps(b + d + 16), v1);
+    if (n % 16 == 0) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (; d + 32 <= n; d += 32) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d + 16))), a1);
+        }
+        if (d < n)
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), a0);
+        return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
-    for (; d + 16 <= n; d += 16) v0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), v0);
-    sum = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
-#elif defined(__FMA__)
-    __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
+#endif
+#if defined(__F16C__) && defined(__FMA__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     for (; d + 16 <= n; d += 16) {
-        v0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), v0);
-        v1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), v1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8))), a1);
     }
-    __m256 v = _mm256_add_ps(v0, v1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m256 a = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     sum = _mm_cvtss_f32(h);
 #elif defined(__aarch64__)
-    float32x4_t v0 = vdupq_n_f32(0), v1 = vdupq_n_f32(0);
+    float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0);
     for (; d + 8 <= n; d += 8) {
-        v0 = vfmaq_f32(v0, vld1q_f32(a + d), vld1q_f32(b + d));
-        v1 = vfmaq_f32(v1, vld1q_f32(a + d + 4), vld1q_f32(b + d + 4));
+        float16x8_t kh = vreinterpretq_f16_u16(vld1q_u16(k + d));
+        a0 = vfmaq_f32(a0, vld1q_f32(q + d), vcvt_f32_f16(vget_low_f16(kh)));
+        a1 = vfmaq_f32(a1, vld1q_f32(q + d + 4), vcvt_f32_f16(vget_high_f16(kh)));
     }
-    sum = vaddvq_f32(vaddq_f32(v0, v1));
-#else
-    float acc[8] = {0};
-    for (; d + 8 <= n; d += 8)
-        for (int i = 0; i < 8; i++) acc[i] += a[d + i] * b[d + i];
-    sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    sum = vaddvq_f32(vaddq_f32(a0, a1));
 #endif
-    for (; d < n; d++) sum += a[d] * b[d];
+    for (; d < n; d++) sum += q[d] * lz_h2f(k[d]);
     return sum;
 }
 
 // acc = f16(f16(acc * ms) + v * vs), the reference's two roundings (the first only
 // when a new maximum shrinks what was accumulated, ms != 1).
-static void acc_update(float *acc, const float *v, float ms, float vs, int n, int shrink) {
+static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, int shrink) {
     int d = 0;
 #if defined(__AVX512F__)
     const __m512 m16 = _mm512_set1_ps(ms), w16 = _mm512_set1_ps(vs);
@@ -244,7 +250,8 @@ static void acc_update(float *acc, const float *v, float ms, float vs, int n, in
         __m512 a = _mm512_loadu_ps(acc + d);
         if (shrink)
             a = _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_mul_ps(a, m16), _MM_FROUND_TO_NEAREST_INT));
-        a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_loadu_ps(v + d), w16));
+        __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + d)));
+        a = _mm512_add_ps(a, _mm512_mul_ps(vv, w16));
         _mm512_storeu_ps(acc + d, _mm512_cvtph_ps(_mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
     }
 #endif
@@ -254,7 +261,8 @@ static void acc_update(float *acc, const float *v, float ms, float vs, int n, in
         __m256 a = _mm256_loadu_ps(acc + d);
         if (shrink)
             a = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(a, m8), _MM_FROUND_TO_NEAREST_INT));
-        a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(v + d), w8));
+        __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d)));
+        a = _mm256_add_ps(a, _mm256_mul_ps(vv, w8));
         _mm256_storeu_ps(acc + d, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
     }
 #elif defined(__aarch64__)
@@ -262,14 +270,15 @@ static void acc_update(float *acc, const float *v, float ms, float vs, int n, in
     for (; d + 4 <= n; d += 4) {
         float32x4_t a = vld1q_f32(acc + d);
         if (shrink) a = vcvt_f32_f16(vcvt_f16_f32(vmulq_f32(a, m4)));
-        a = vaddq_f32(a, vmulq_f32(vld1q_f32(v + d), w4));
+        float32x4_t vv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(v + d)));
+        a = vaddq_f32(a, vmulq_f32(vv, w4));
         vst1q_f32(acc + d, vcvt_f32_f16(vcvt_f16_f32(a)));
     }
 #endif
     for (; d < n; d++) {
         float a = acc[d];
         if (shrink) a = lz_h2f(lz_f2h(a * ms));
-        acc[d] = lz_h2f(lz_f2h(a + v[d] * vs));
+        acc[d] = lz_h2f(lz_f2h(a + lz_h2f(v[d]) * vs));
     }
 }
 
@@ -284,66 +293,47 @@ typedef struct {
     int64_t window;
     float *out;
     int64_t ldo;
-    float *scores;            // per thread: room for every visible key, per head of a task
+    float *scores;            // per thread: room for every visible key
     int64_t scores_per_thread;
-    int heads_per_task;
     atomic_llong next;
 } attn_job;
-
-// One task is one query row and one group of query heads that share a KV head (all
-// of them, or a single head when there are too few tasks to keep threads busy): each
-// key and value row is converted from f16 once for the whole group.
-#define LZ_ATTN_FLOATS 4096 // heads per task x head_dim, per thread (stack)
 
 static void attn_worker(void *p, int ith, int nth) {
     (void)nth;
     attn_job *j = (attn_job *)p;
-    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, hpt = j->heads_per_task;
-    float qb[LZ_ATTN_FLOATS], ab[LZ_ATTN_FLOATS], kv[LZ_ATTN_FLOATS];
-    float m[LZ_ATTN_FLOATS / 16], s[LZ_ATTN_FLOATS / 16];
-    float *sc = j->scores + ith * j->scores_per_thread * hpt;
-    const int64_t per_token = j->n_heads / hpt, total = j->n_tokens * per_token;
+    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads;
+    float q[LZ_MAX_HEAD_DIM], acc[LZ_MAX_HEAD_DIM];
+    float *sc = j->scores + ith * j->scores_per_thread;
+    const int64_t total = j->n_tokens * j->n_heads;
     for (;;) {
         int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (task >= total) break;
-        int64_t i = task / per_token;
-        int h0 = (int)(task % per_token) * hpt;
-        int64_t off = (int64_t)(h0 / group) * hd;
+        int64_t i = task / j->n_heads;
+        int h = (int)(task % j->n_heads);
+        int64_t off = (int64_t)(h / group) * hd;
         int64_t qpos = j->pos0 + i;
         int64_t lo = j->window > 0 && qpos - j->window + 1 > 0 ? qpos - j->window + 1 : 0;
-        int64_t nk = qpos - lo + 1;
-        float(*q)[hd] = (float(*)[hd])qb, (*acc)[hd] = (float(*)[hd])ab;
-        for (int h = 0; h < hpt; h++) {
-            // queries meet the f16 keys as f16 themselves
-            for (int d = 0; d < hd; d++) q[h][d] = j->q[i * j->ldq + (int64_t)(h0 + h) * hd + d];
-            round16_row(q[h], hd);
-            for (int d = 0; d < hd; d++) acc[h][d] = 0.0f;
-            m[h] = -INFINITY;
-            s[h] = 0.0f;
-        }
+        // queries meet the f16 keys as f16 themselves
+        for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)h * hd + d];
+        round16_row(q, hd);
+        for (int64_t t = lo; t <= qpos; t++)
+            sc[t - lo] = dot_qk(q, j->kc + t * j->kv_dim + off, hd) * j->scale;
+        for (int d = 0; d < hd; d++) acc[d] = 0.0f;
+        float m = -INFINITY, s = 0.0f;
         for (int64_t t = lo; t <= qpos; t++) {
-            lz_h2f_row(j->kc + t * j->kv_dim + off, kv, hd);
-            for (int h = 0; h < hpt; h++) sc[h * nk + (t - lo)] = dot_f32(q[h], kv, hd) * j->scale;
-        }
-        for (int64_t t = lo; t <= qpos; t++) {
-            lz_h2f_row(j->vc + t * j->kv_dim + off, kv, hd);
-            for (int h = 0; h < hpt; h++) {
-                float x = sc[h * nk + (t - lo)], ms = 1.0f, vs = 1.0f;
-                int shrink = x > m[h];
-                if (shrink) {
-                    ms = lz_expf(m[h] - x); // a new maximum: scale down what is accumulated
-                    m[h] = x;
-                } else {
-                    vs = lz_expf(x - m[h]);
-                }
-                acc_update(acc[h], kv, ms, vs, hd, shrink);
-                s[h] = s[h] * ms + vs;
+            float x = sc[t - lo], ms = 1.0f, vs = 1.0f;
+            int shrink = x > m;
+            if (shrink) {
+                ms = lz_expf(m - x); // a new maximum: scale down what is accumulated
+                m = x;
+            } else {
+                vs = lz_expf(x - m);
             }
+            acc_update(acc, j->vc + t * j->kv_dim + off, ms, vs, hd, shrink);
+            s = s * ms + vs;
         }
-        for (int h = 0; h < hpt; h++) {
-            float *o = j->out + i * j->ldo + (int64_t)(h0 + h) * hd;
-            for (int d = 0; d < hd; d++) o[d] = acc[h][d] / s[h];
-        }
+        float *o = j->out + i * j->ldo + (int64_t)h * hd;
+        for (int d = 0; d < hd; d++) o[d] = acc[d] / s;
     }
 }
 
@@ -351,8 +341,7 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
                       lz_half *kc, lz_half *vc, int64_t n_tokens, int64_t pos0, int n_heads,
                       int n_kv_heads, int head_dim, float scale, int64_t window, float *out,
                       int64_t ldo) {
-    if (head_dim > LZ_ATTN_FLOATS || head_dim < 16 || n_kv_heads <= 0 || n_heads % n_kv_heads)
-        return -1;
+    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads) return -1;
     int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
     for (int64_t i = 0; i < n_tokens; i++) {
         lz_f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
@@ -365,10 +354,7 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
     j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
     j.scores_per_thread = (pos0 + n_tokens + 15) & ~(int64_t)15;
     int nth = lz_pool_threads();
-    // heads of a KV group together when that still leaves a few tasks per thread
-    int group = n_heads / n_kv_heads;
-    j.heads_per_task = group * head_dim <= LZ_ATTN_FLOATS && n_tokens * n_kv_heads >= 4 * nth ? group : 1;
-    j.scores = malloc(sizeof(float) * (size_t)j.scores_per_thread * (size_t)nth * (size_t)j.heads_per_task);
+    j.scores = malloc(sizeof(float) * (size_t)j.scores_per_thread * (size_t)nth);
     if (!j.scores) return -2;
     atomic_init(&j.next, 0);
     if (nth > 1 && n_tokens * n_heads > 1) lz_pool_run(attn_worker, &j);
