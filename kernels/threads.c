@@ -97,7 +97,23 @@ static void stop_workers(void) {
     pool.n = 1;
 }
 
+// A forked child has only the forking thread: forget the workers (and the locks
+// they may have held) so its kernel calls run single-threaded instead of waiting.
+static void after_fork_child(void) {
+    pool.n = 1;
+    atomic_store(&pool.sleeping, 0);
+    atomic_store(&pool.pending, 0);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pthread_mutex_init(&pool.run_mu, NULL);
+}
+
 void lz_pool_set_threads(int n) {
+    static int atfork_done;
+    if (!atfork_done) {
+        pthread_atfork(NULL, NULL, after_fork_child);
+        atfork_done = 1;
+    }
     if (n < 1) n = 1;
     if (n > LZ_MAX_THREADS) n = LZ_MAX_THREADS;
     pthread_mutex_lock(&pool.run_mu);
