@@ -422,7 +422,15 @@ class NumpyBackend:
         running_max = np.full((n, n_heads, 1), -np.inf, np.float32)
         running_sum = np.zeros((n, n_heads, 1), np.float32)
         acc = np.zeros((n, n_heads, head_dim), np.float16)
-        for j in range(end):
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._online_softmax(scores, visible, vals, kv_of_head, acc, running_max, running_sum)
+        out = acc.astype(np.float32) / running_sum
+        return out.reshape(n, n_heads * head_dim).astype(np.float32)
+
+    @staticmethod
+    def _online_softmax(scores, visible, vals, kv_of_head, acc, running_max, running_sum):
+        """Visit keys in order, as ggml's flash attention does (updates its arguments)."""
+        for j in range(scores.shape[2]):
             s_j = scores[:, :, j:j + 1]
             live = visible[:, :, j:j + 1] & np.ones_like(s_j, dtype=bool)
             new_max = np.where(live, np.maximum(running_max, s_j), running_max)
@@ -433,14 +441,13 @@ class NumpyBackend:
             # ggml scales the f16 accumulator, then adds v * weight: two f16 roundings
             scaled = (acc.astype(np.float32) * shrink).astype(np.float16)
             added = (scaled.astype(np.float32) + v_j * weight).astype(np.float16)
-            acc = np.where(live, added, acc)
-            running_sum = np.where(live, running_sum * shrink + weight, running_sum)
-            running_max = new_max
-        out = acc.astype(np.float32) / running_sum
-        return out.reshape(n, n_heads * head_dim).astype(np.float32)
+            acc[:] = np.where(live, added, acc)
+            running_sum[:] = np.where(live, running_sum * shrink + weight, running_sum)
+            running_max[:] = new_max
 
     def swiglu(self, g, u):
-        return (g / (1.0 + np.exp(-g)) * u).astype(np.float32)
+        with np.errstate(over="ignore"):
+            return (g / (1.0 + np.exp(-g)) * u).astype(np.float32)
 
     def geglu(self, g, u):
         c = math.sqrt(2.0 / math.pi)
