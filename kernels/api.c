@@ -19,6 +19,7 @@
 //   int  lz_attention(q, ldq, k, v, ldkv, kc, vc, n_tokens, pos0, n_heads, n_kv_heads,
 //                     head_dim, scale, window, out, ldo)
 //   void lz_swiglu(g, u, out, n); lz_geglu(g, u, out, n); int64_t lz_argmax(x, n)
+//   int64_t lz_topk(x, n, k, idx, val)           the k largest entries, largest first
 //   double lz_logprob(x, n, target)              log softmax(x)[target]
 //   void lz_h2f_row / lz_f2h_row (f16 <-> f32)
 //   uint64_t lz_stream_read(buf, nbytes)     read a buffer with all threads (benchmarks)

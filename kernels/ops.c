@@ -137,6 +137,29 @@ int64_t lz_argmax(const float *x, int64_t n) {
     return best;
 }
 
+// The k largest entries of x, largest first (ties: lower index first), into
+// idx/val; returns how many (min(k, n)). Sampling needs only these candidates, and
+// picking them here saves turning a whole vocabulary of logits into Python floats.
+// A sorted window of k: most entries fall below its smallest and cost one compare.
+int64_t lz_topk(const float *x, int64_t n, int64_t k, int64_t *idx, float *val) {
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    int64_t have = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (have == k && !(v > val[k - 1])) continue;
+        int64_t j = have < k ? have++ : k - 1;
+        while (j > 0 && v > val[j - 1]) {
+            val[j] = val[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        val[j] = v;
+        idx[j] = i;
+    }
+    return have;
+}
+
 // log softmax(x)[target], in double (perplexity sums thousands of these).
 double lz_logprob(const float *x, int64_t n, int64_t target) {
     double top = x[0];

@@ -17,6 +17,7 @@ LZ_API void lz_swiglu(const float *g, const float *u, float *out, int64_t n);
 LZ_API void lz_geglu(const float *g, const float *u, float *out, int64_t n);
 LZ_API double lz_logprob(const float *x, int64_t n, int64_t target);
 LZ_API int64_t lz_argmax(const float *x, int64_t n);
+LZ_API int64_t lz_topk(const float *x, int64_t n, int64_t k, int64_t *idx, float *val);
 LZ_API void lz_embed(int type, const void *table, int64_t n, const int32_t *ids, int64_t n_ids, float *out);
 LZ_API void lz_rope_table(float *cs, int64_t pos0, int64_t n_tokens, const double *inv_freq, int half);
 LZ_API void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim, int n_rot,

@@ -62,6 +62,35 @@ class Tensor:
         return f"Tensor({self.rows}x{self.cols})"
 
 
+class _Logits:
+    """One row of logits in place: indexable like a list, top(k) chosen in C."""
+
+    __slots__ = ("lib", "owner", "addr", "n", "values")
+
+    def __init__(self, lib, x, row):
+        self.lib = lib
+        self.owner = x  # keeps the memory alive
+        self.addr = x.addr + row * x.cols * _SIZEOF_F32
+        self.n = x.cols
+        self.values = (_F32 * x.cols).from_address(self.addr)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.values[i]
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def top(self, k):
+        k = max(0, min(k, self.n))
+        idx = (ctypes.c_int64 * max(1, k))()
+        val = (_F32 * max(1, k))()
+        got = self.lib.lz_topk(self.addr, self.n, k, ctypes.addressof(idx), ctypes.addressof(val))
+        return [(val[i], idx[i]) for i in range(got)]
+
+
 class Weight:
     """A GGUF tensor in place: ggml `shape` (shape[0] = row length), `type`, `addr`."""
 
@@ -191,6 +220,9 @@ class CBackend:
 
     def to_floats(self, x):
         return [x.row(i) for i in range(x.rows)]
+
+    def logits_row(self, x, row):
+        return _Logits(self.lib, x, row)
 
     def argmax_rows(self, x):
         am = self.lib.lz_argmax

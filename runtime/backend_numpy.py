@@ -38,7 +38,9 @@ Operations (all a backend must provide):
                                                          share memory with X
     stack_rows([X1, X2, ...]) -> X                      rows of each, in order (optional: the
                                                          server batches parallel slots with it)
-    to_floats(X) -> list of rows, each a sequence of floats (for sampling and tests)
+    to_floats(X) -> list of rows, each a sequence of floats (for tests and tools)
+    logits_row(X, row) -> logits for sampling: len, [i], iteration, and top(k) ->
+                          [(logit, id)] of the k largest, largest first, ties to lower id
     argmax_rows(X) -> list[int]
     logprobs_rows(X, targets) -> list[float]             log softmax(row i)[targets[i]] for
                                                          each row (perplexity)
@@ -318,6 +320,26 @@ class KVCache:
         self.v = np.zeros((n_layers, n_ctx, kv_dim), np.float16)
 
 
+class _NumpyLogits:
+    def __init__(self, values):
+        self.values = values
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, i):
+        return float(self.values[i])
+
+    def __iter__(self):
+        return iter(self.values.tolist())
+
+    def top(self, k):
+        k = max(0, min(k, len(self.values)))
+        # stable sort of -value: ties keep the lower id first
+        ids = np.argsort(-self.values, kind="stable")[:k]
+        return [(float(self.values[i]), int(i)) for i in ids]
+
+
 class NumpyBackend:
     name = "numpy"
 
@@ -473,6 +495,9 @@ class NumpyBackend:
         lse = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
         picked = rows[np.arange(len(targets)), np.asarray(targets)]
         return (picked - lse).tolist()
+
+    def logits_row(self, x, row):
+        return _NumpyLogits(x[row])
 
     def argmax_rows(self, x):
         return [int(i) for i in np.argmax(x, axis=1)]

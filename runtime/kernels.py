@@ -246,6 +246,7 @@ SIGNATURES = {
     "lz_swiglu": (None, [_P, _P, _P, _I64]),
     "lz_geglu": (None, [_P, _P, _P, _I64]),
     "lz_argmax": (_I64, [_P, _I64]),
+    "lz_topk": (_I64, [_P, _I64, _I64, _P, _P]),
     "lz_logprob": (ctypes.c_double, [_P, _I64, _I64]),
     "lz_rope_table": (None, [_P, _I64, _I64, _P, _INT]),
     "lz_rope": (None, [_P, _I64, _I64, _INT, _INT, _INT, _INT, _P]),

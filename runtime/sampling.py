@@ -12,6 +12,28 @@ import math
 import random
 
 
+class ListLogits:
+    """Logits held as a Python sequence (tests, masked copies). Backends hand out their
+    own kind with the same three methods, whose `top` runs in C or NumPy."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, i):
+        return self.values[i]
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def top(self, k):
+        """[(logit, id)] of the k largest, largest first, ties to the lower id."""
+        ids = heapq.nlargest(k, range(len(self.values)), key=self.values.__getitem__)
+        return sorted(((self.values[i], i) for i in ids), key=lambda vt: (-vt[0], vt[1]))
+
+
 class SamplingParams:
     def __init__(self, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                  repeat_penalty=1.0, repeat_last_n=64, presence_penalty=0.0,
@@ -40,7 +62,7 @@ class Sampler:
         self.vocab_size = vocab_size
 
     def _penalties(self, history):
-        """token -> function adjusting its logit, from the last repeat_last_n tokens."""
+        """token -> how often it occurs in the last repeat_last_n tokens."""
         p = self.params
         if not p.penalised or not history:
             return {}
@@ -58,8 +80,10 @@ class Sampler:
         return logit - count * p.frequency_penalty - p.presence_penalty
 
     def sample(self, logits, history=()):
-        """Pick a token id. `logits` is a sequence of floats over the vocabulary."""
+        """Pick a token id. `logits`: a backend's logits row, or a sequence of floats."""
         p = self.params
+        if not hasattr(logits, "top"):
+            logits = ListLogits(logits)
         n_vocab = len(logits)
         counts = self._penalties(history)
         k = p.top_k if 0 < p.top_k < n_vocab else n_vocab
@@ -70,8 +94,8 @@ class Sampler:
         if k + len(counts) >= n_vocab:
             candidate_ids = range(n_vocab)
         else:
-            candidate_ids = heapq.nlargest(k + len(counts), range(n_vocab), key=logits.__getitem__)
-            candidate_ids = set(candidate_ids) | {t for t in counts if 0 <= t < n_vocab}
+            candidate_ids = {t for _, t in logits.top(k + len(counts))}
+            candidate_ids |= {t for t in counts if 0 <= t < n_vocab}
         scored = []
         for t in candidate_ids:
             v = logits[t]

@@ -51,7 +51,8 @@ class Session:
             self.last_logits = None
 
     def eval(self, new_tokens, all_logits=False):
-        """Append `new_tokens` to the cache; return the last row of logits (floats),
+        """Append `new_tokens` to the cache; return the last row of logits (the
+        backend's logits_row: indexable, with a fast top(k)),
         or, when `all_logits`, every row as backend activations."""
         if len(self.tokens) + len(new_tokens) > self.n_ctx:
             raise UserError(f"{len(self.tokens) + len(new_tokens)} tokens do not fit in the "
@@ -68,7 +69,7 @@ class Session:
             last = self.model.forward(chunk, len(self.tokens), last_only=True)
             self.tokens.extend(chunk)
         if last is not None:
-            self.last_logits = self.model.backend.to_floats(last)[0]
+            self.last_logits = self.model.backend.logits_row(last, 0)
         return self.last_logits
 
     def prefill(self, prompt_tokens):
