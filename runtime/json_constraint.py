@@ -402,7 +402,10 @@ class JsonConstraint:
 
     def sample(self, sampler, logits, history):
         n = len(logits)
-        best = heapq.nlargest(MAX_CANDIDATES, range(n), key=logits.__getitem__)
+        if hasattr(logits, "top"):      # the backend ranks in C
+            best = [t for _, t in logits.top(MAX_CANDIDATES)]
+        else:
+            best = heapq.nlargest(MAX_CANDIDATES, range(n), key=logits.__getitem__)
         allowed = [t for t in best if self._fits(t)]
         if not allowed:
             # The model wants something JSON forbids: walk down its whole ranking.

@@ -54,6 +54,31 @@ class ApiError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+class WithoutTokens:
+    """A logits row with some tokens masked to -inf, without copying the vocabulary:
+    top(k) asks the row for a few more candidates and drops the masked ones."""
+
+    def __init__(self, logits, banned):
+        self.logits = logits
+        self.banned = banned
+
+    def __len__(self):
+        return len(self.logits)
+
+    def __getitem__(self, i):
+        return float("-inf") if i in self.banned else self.logits[i]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.logits)))
+
+    def top(self, k):
+        if not hasattr(self.logits, "top"):
+            from runtime.sampling import ListLogits
+            self.logits = ListLogits(self.logits)
+        best = self.logits.top(k + len(self.banned))
+        return [(v, t) for v, t in best if t not in self.banned][:k]
+
+
 class IgnoreEos:
     """llama.cpp's `ignore_eos`: generate past end-of-generation tokens (benchmarks)."""
 
@@ -61,11 +86,7 @@ class IgnoreEos:
         self.eog = eog_ids
 
     def sample(self, sampler, logits, history):
-        masked = list(logits)
-        for t in self.eog:
-            if 0 <= t < len(masked):
-                masked[t] = float("-inf")
-        return sampler.sample(masked, history)
+        return sampler.sample(WithoutTokens(logits, self.eog), history)
 
     def advance(self, token):
         return False
