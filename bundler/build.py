@@ -20,7 +20,7 @@ from bundler import inputs, launcher, spm
 from bundler.zipwriter import ZipWriter
 from runtime import __version__ as RUNTIME_VERSION
 from runtime.archive import ARGS_MEMBER, MANIFEST_MEMBER, USER_ARGS_MARK
-from runtime.errors import UserError
+from runtime.errors import UserError, exit_code_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHES = ("x86_64", "aarch64", "riscv64")
@@ -321,17 +321,16 @@ def print_summary(s):
         print(f"  args      {shlex.join(s['args'])}")
 
 
+def build_from_args(argv):
+    a = parse_args(argv)
+    arches = tuple(x.strip() for x in a.arch.split(",") if x.strip())
+    return build(a.model, a.output, a.launcher, arches, a.args, a.name)
+
+
 def main(argv=None):
-    try:
-        a = parse_args(argv)
-        arches = tuple(x.strip() for x in a.arch.split(",") if x.strip())
-        summary = build(a.model, a.output, a.launcher, arches, a.args, a.name)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    summary = exit_code_of(build_from_args, argv)
+    if isinstance(summary, int):
+        return summary
     try:
         print_summary(summary)
     except BrokenPipeError:  # `| head`: the bundle is written; nothing more to say

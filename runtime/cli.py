@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from runtime.errors import UserError
+from runtime.errors import UserError, exit_code_of
 
 
 class _Parser(argparse.ArgumentParser):
@@ -284,13 +284,7 @@ def run(argv=None, model_region=None):
 
 def main(argv=None, model_region=None):
     try:
-        return run(argv, model_region)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+        return exit_code_of(run, argv, model_region)
     except BrokenPipeError:
         # The reader went away (`| head`): not an error worth a traceback.
         try:
