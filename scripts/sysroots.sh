@@ -10,7 +10,15 @@ set -euo pipefail
 
 CACHE="${LLAMAZIP_CACHE:-$HOME/.cache/llamazip}"
 DEST="$CACHE/sysroots"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The mirror this machine's apt already uses (first Debian archive URI in its sources).
+system_mirror() {
+    local uri
+    uri=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
+            2>/dev/null | grep -v -- '-security' | grep -oE 'https?://[^ ]+' | head -n 1)
+    echo "${uri%/}"
+}
+MIRROR="${DEBIAN_MIRROR:-$(system_mirror)}"
+[ -n "$MIRROR" ] || { echo "sysroots.sh: no Debian mirror in apt's sources; set DEBIAN_MIRROR" >&2; exit 1; }
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 build_sysroot() {
