@@ -80,6 +80,7 @@ def build_parser():
 
 def load_backend(name, n_threads):
     """The C kernels when they load here; the NumPy oracle as the fallback."""
+    reason = "not tried (--backend numpy)"
     if name in ("auto", "c"):
         try:
             from runtime.backend_c import CBackend

@@ -48,6 +48,14 @@ class TensorInfo:
         return f"TensorInfo({self.name!r}, {self.shape}, {ggml_types.type_name(self.type)})"
 
 
+def _decode(raw):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Some vocabularies hold raw byte pieces; keep them lossless.
+        return raw.decode("utf-8", errors="surrogateescape")
+
+
 class _Cursor:
     def __init__(self, buf, source):
         self.buf = buf
@@ -71,11 +79,7 @@ class _Cursor:
         self.need(n)
         raw = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            # Some vocabularies hold raw byte pieces; keep them lossless.
-            return raw.decode("utf-8", errors="surrogateescape")
+        return _decode(raw)
 
     def value(self, vtype, key):
         if vtype in _SCALAR:
@@ -112,12 +116,8 @@ class _Cursor:
                 if pos + n > end:
                     self.pos = pos
                     self.need(n)
-                raw = bytes(buf[pos:pos + n])
+                out.append(_decode(bytes(buf[pos:pos + n])))
                 pos += n
-                try:
-                    out.append(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    out.append(raw.decode("utf-8", errors="surrogateescape"))
             self.pos = pos
             return out
         return [self.value(etype, key) for _ in range(count)]

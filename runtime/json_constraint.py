@@ -15,7 +15,6 @@ items, minItems, maxItems, enum, const, anyOf / oneOf, allOf (merged), $ref to
 (pattern, format, minimum, ...) are not enforced while decoding.
 """
 
-import heapq
 import json
 
 MAX_WS = 8          # whitespace run allowed between tokens: room for indenting, not for stalling
@@ -402,10 +401,8 @@ class JsonConstraint:
 
     def sample(self, sampler, logits, history):
         n = len(logits)
-        if hasattr(logits, "top"):      # the backend ranks in C
-            best = [t for _, t in logits.top(MAX_CANDIDATES)]
-        else:
-            best = heapq.nlargest(MAX_CANDIDATES, range(n), key=logits.__getitem__)
+        from runtime.sampling import as_logits
+        best = [t for _, t in as_logits(logits).top(MAX_CANDIDATES)]
         allowed = [t for t in best if self._fits(t)]
         if not allowed:
             # The model wants something JSON forbids: walk down its whole ranking.

@@ -23,8 +23,6 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_int64]
 _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.restype = ctypes.c_int
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class FileRegion:
@@ -64,9 +62,6 @@ class FileRegion:
         self.addr = base + self._slack
         raw = (ctypes.c_ubyte * length).from_address(self.addr)
         self.buf = memoryview(raw).cast("B").toreadonly()
-
-    def advise_sequential(self):
-        _libc.madvise(self._base, self._map_len, 2)  # MADV_SEQUENTIAL
 
     def close(self):
         # Views into the region must not outlive it; callers drop them first.

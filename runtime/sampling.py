@@ -34,6 +34,11 @@ class ListLogits:
         return sorted(((self.values[i], i) for i in ids), key=lambda vt: (-vt[0], vt[1]))
 
 
+def as_logits(values):
+    """A logits row with top(k): a backend's row as it is, a plain sequence wrapped."""
+    return values if hasattr(values, "top") else ListLogits(values)
+
+
 class SamplingParams:
     def __init__(self, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                  repeat_penalty=1.0, repeat_last_n=64, presence_penalty=0.0,
@@ -55,11 +60,10 @@ class SamplingParams:
 
 
 class Sampler:
-    def __init__(self, params, vocab_size=None):
+    def __init__(self, params):
         self.params = params
         seed = params.seed if params.seed is not None and params.seed >= 0 else None
         self.rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(32))
-        self.vocab_size = vocab_size
 
     def _penalties(self, history):
         """token -> how often it occurs in the last repeat_last_n tokens."""
@@ -82,8 +86,7 @@ class Sampler:
     def sample(self, logits, history=()):
         """Pick a token id. `logits`: a backend's logits row, or a sequence of floats."""
         p = self.params
-        if not hasattr(logits, "top"):
-            logits = ListLogits(logits)
+        logits = as_logits(logits)
         n_vocab = len(logits)
         counts = self._penalties(history)
         k = p.top_k if 0 < p.top_k < n_vocab else n_vocab

@@ -72,10 +72,8 @@ class WithoutTokens:
         return (self[i] for i in range(len(self.logits)))
 
     def top(self, k):
-        if not hasattr(self.logits, "top"):
-            from runtime.sampling import ListLogits
-            self.logits = ListLogits(self.logits)
-        best = self.logits.top(k + len(self.banned))
+        from runtime.sampling import as_logits
+        best = as_logits(self.logits).top(k + len(self.banned))
         return [(v, t) for v, t in best if t not in self.banned][:k]
 
 
