@@ -19,7 +19,7 @@ import tempfile
 from bundler import inputs, launcher, spm
 from bundler.zipwriter import ZipWriter
 from runtime import __version__ as RUNTIME_VERSION
-from runtime.archive import ARGS_MEMBER, MANIFEST_MEMBER, USER_ARGS_MARK
+from runtime.archive import ARGS_MEMBER, MANIFEST_MEMBER
 from runtime.errors import UserError, exit_code_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

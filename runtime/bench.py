@@ -77,8 +77,8 @@ def run_bench(model, n_prompt=128, n_gen=64, reps=5, batch=512, n_threads=1, as_
     if as_json:
         print(json.dumps(results, indent=2), file=out)
     else:
-        print(f"| model | backend | threads | test | t/s |", file=out)
-        print(f"| --- | --- | ---: | ---: | ---: |", file=out)
+        print("| model | backend | threads | test | t/s |", file=out)
+        print("| --- | --- | ---: | ---: | ---: |", file=out)
         for r in results:
             test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
             print(f"| {model_name} | {r['backends']} | {n_threads} | {test} | "

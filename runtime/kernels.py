@@ -30,7 +30,6 @@ import ctypes
 import hashlib
 import os
 import platform
-import sys
 
 from runtime import __version__
 from runtime.errors import UserError

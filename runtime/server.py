@@ -755,7 +755,7 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return self._token_ids(prompt, param)
         if isinstance(prompt, list) and len(prompt) > 1:
-            raise ApiError(400, f"only one prompt per request is supported (n=1)", param=param)
+            raise ApiError(400, "only one prompt per request is supported (n=1)", param=param)
         raise ApiError(400, f"'{param}' must be a string or an array of token ids", param=param)
 
     def _chat_tokens(self, messages):
