@@ -163,7 +163,9 @@ def f32(a):
     return np.ascontiguousarray(a, np.float32).tobytes()
 
 
-MATMUL_SHAPES = {"gemv": (67, 1), "gemm": (37, 7)}  # (rows, tokens): odd edges on purpose
+# (rows, tokens): odd edges on purpose. 21 tokens = whole tiles of 4 and of 8 plus a
+# narrower leftover column; 3 = a few sequences decoding together.
+MATMUL_SHAPES = {"gemv": (67, 1), "gemm": (37, 21), "batch": (13, 3)}
 
 
 def k_for(name, shape):
