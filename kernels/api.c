@@ -5,7 +5,7 @@
 // strides (counted in elements); weights are raw GGUF tensor bytes, in place.
 // Errors are negative return values, never aborts.
 //
-// Version 1:
+// Version 2 (1 plus lz_rope_table_at and lz_attention_rows):
 //   int  lz_abi_version(void)
 //   const char *lz_variant(void)            "generic", "avx2", "avx512", "neon", ...
 //   void lz_set_threads(int n); int lz_get_threads(void); void lz_set_spin_ns(int64_t)
@@ -18,6 +18,10 @@
 //   void lz_rope_table(cs, pos0, n_tokens, inv_freq, half); lz_rope(x, n_tokens, ldx, ...)
 //   int  lz_attention(q, ldq, k, v, ldkv, kc, vc, n_tokens, pos0, n_heads, n_kv_heads,
 //                     head_dim, scale, window, out, ldo)
+//   void lz_rope_table_at(cs, positions, n_rows, inv_freq, half)   rows at any positions
+//   int  lz_attention_rows(q, ldq, k, v, ldkv, k_bases, v_bases, layer_off, positions,
+//                          n_rows, n_heads, n_kv_heads, head_dim, scale, window, out, ldo)
+//                                            one step of n_rows sequences, each its own cache
 //   void lz_swiglu(g, u, out, n); lz_geglu(g, u, out, n); int64_t lz_argmax(x, n)
 //   int64_t lz_topk(x, n, k, idx, val)           the k largest entries, largest first
 //   double lz_logprob(x, n, target)              log softmax(x)[target]
@@ -48,7 +52,7 @@ __attribute__((constructor)) static void lz_init(void) {
     lz_k.name = LZ_VARIANT;
 }
 
-LZ_API int lz_abi_version(void) { return 1; }
+LZ_API int lz_abi_version(void) { return 2; }
 LZ_API const char *lz_variant(void) { return lz_k.name; }
 LZ_API void lz_set_threads(int n) { lz_pool_set_threads(n); }
 LZ_API int lz_get_threads(void) { return lz_pool_threads(); }

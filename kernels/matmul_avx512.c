@@ -217,6 +217,8 @@ AI void legacy_tile(const int type, const int R, const int T, int64_t k, const u
         __m512 D[R];
         for (int r = 0; r < R; r++) {
             const uint8_t *pa = w + r * ws + ba * bs, *pb = w + r * ws + bb * bs;
+            // one row at a time streams from memory (a few tokens): fetch ahead
+            if (R == 1) _mm_prefetch((const char *)pa + LZ_PF_DIST, _MM_HINT_T0);
             Z[r] = _mm512_setzero_si512();
             if (type == LZ_Q8_0) {
                 // Signed weights against activations made unsigned by adding 128:
@@ -378,6 +380,8 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
         idx[c] = _mm512_loadu_si512((const void *)v);
     }
     for (int64_t sb = 0; sb < nsb; sb++) {
+        if (R == 1)   // one row at a time streams from memory (a few tokens): fetch ahead
+            for (int l = 0; l < bs; l += 64) _mm_prefetch((const char *)w + sb * bs + LZ_PF_DIST + l, _MM_HINT_T0);
         __m512i S[R];
         float D[R];
         for (int r = 0; r < R; r++) S[r] = kq_scales(type, w + r * ws + sb * bs, &D[r], &cb[r][sb * 16]);
@@ -421,19 +425,20 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
     } while (0)
 
 // Cover nr x nt with RR x TT tiles; 2..TT-1 leftover tokens (short prompts, a few
-// sequences decoding together) take one narrower column, so each weight block is
-// still decoded once for all of them.
+// sequences decoding together) take one narrower column of single rows, so each
+// weight block is still decoded once for all of them and, when that is all there is
+// (batched decoding), the weights stream through memory row after row.
 #define TILES(fn, type, RR, TT)                                                               \
     do {                                                                                      \
         int t = 0;                                                                            \
         for (; t + TT <= nt; t += TT) ROW_TILES(fn, type, RR, TT);                           \
         switch (nt - t) {   /* the guards drop the cases TT cannot reach at compile time */  \
-        case 2: if (2 < TT) { ROW_TILES(fn, type, RR, 2); t += 2; } break;                   \
-        case 3: if (3 < TT) { ROW_TILES(fn, type, RR, 3); t += 3; } break;                   \
-        case 4: if (4 < TT) { ROW_TILES(fn, type, RR, 4); t += 4; } break;                   \
-        case 5: if (5 < TT) { ROW_TILES(fn, type, RR, 5); t += 5; } break;                   \
-        case 6: if (6 < TT) { ROW_TILES(fn, type, RR, 6); t += 6; } break;                   \
-        case 7: if (7 < TT) { ROW_TILES(fn, type, RR, 7); t += 7; } break;                   \
+        case 2: if (2 < TT) { ROW_TILES(fn, type, 1, 2); t += 2; } break;                    \
+        case 3: if (3 < TT) { ROW_TILES(fn, type, 1, 3); t += 3; } break;                    \
+        case 4: if (4 < TT) { ROW_TILES(fn, type, 1, 4); t += 4; } break;                    \
+        case 5: if (5 < TT) { ROW_TILES(fn, type, 1, 5); t += 5; } break;                    \
+        case 6: if (6 < TT) { ROW_TILES(fn, type, 1, 6); t += 6; } break;                    \
+        case 7: if (7 < TT) { ROW_TILES(fn, type, 1, 7); t += 7; } break;                    \
         default: break;                                                                       \
         }                                                                                     \
         /* a single token takes one row at a time: the weights then stream through */        \

@@ -188,6 +188,12 @@ void lz_rope_table(float *cs, int64_t pos0, int64_t n_tokens, const double *inv_
         }
 }
 
+// The same for rows at arbitrary positions (sequences decoding together).
+void lz_rope_table_at(float *cs, const int64_t *positions, int64_t n_rows, const double *inv_freq,
+                      int half) {
+    for (int64_t t = 0; t < n_rows; t++) lz_rope_table(cs + t * half * 2, positions[t], 1, inv_freq, half);
+}
+
 // Rotate n_rot dims of each head: pairs (2i, 2i+1), or (i, i + n_rot/2) for NeoX.
 void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim, int n_rot,
              int neox, const float *cs) {
@@ -309,55 +315,165 @@ typedef struct {
     const float *q;
     int64_t ldq;
     const lz_half *kc, *vc;   // this layer's cache, [n_ctx][kv_dim]
+    // or, for rows of different sequences (batched decoding): row i's cache and position
+    lz_half *const *kcs, *const *vcs;
+    const int64_t *positions;
     int64_t kv_dim;
     int64_t n_tokens, pos0;
     int n_heads, n_kv_heads, head_dim;
+    int heads_per_task;       // query heads of one kv head taken together
     float scale;
     int64_t window;
     float *out;
     int64_t ldo;
-    float *scores;            // per thread: room for every visible key
-    int64_t scores_per_thread;
+    float *scratch;           // per thread: 3 floats per visible key per head of a task
+    int64_t scratch_per_thread;
     atomic_llong next;
 } attn_job;
+
+#define LZ_MAX_GROUP 8        // heads per task at most
+
+#if defined(__AVX512F__)
+static inline __m512 round16(__m512 x) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+}
+
+// The value pass for G heads sharing a kv head, head_dim = 16 * NV, with the
+// accumulators in registers: each key's value row is converted once for all G heads,
+// and the G heads' rounding chains interleave (one alone is latency-bound).
+static inline __attribute__((always_inline)) void value_pass_regs(
+    const int NV, const int G, const lz_half *vc, int64_t kv_dim, int64_t lo, int64_t hi,
+    float *const *ms, float *const *vs, float *const *acc_out) {
+    __m512 A[G][NV];
+    for (int g = 0; g < G; g++)
+        for (int d = 0; d < NV; d++) A[g][d] = _mm512_setzero_ps();
+    for (int64_t t = lo; t <= hi; t++) {
+        const lz_half *v = vc + t * kv_dim;
+        for (int g = 0; g < G; g++) {
+            const float m = ms[g][t - lo];
+            if (m != 1.0f) {   // a new maximum: shrink what was accumulated
+                const __m512 m16 = _mm512_set1_ps(m);
+                for (int d = 0; d < NV; d++) A[g][d] = round16(_mm512_mul_ps(A[g][d], m16));
+            }
+            const __m512 w16 = _mm512_set1_ps(vs[g][t - lo]);
+            for (int d = 0; d < NV; d++) {
+                __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + 16 * d)));
+                A[g][d] = round16(_mm512_add_ps(A[g][d], _mm512_mul_ps(vv, w16)));
+            }
+        }
+    }
+    for (int g = 0; g < G; g++)
+        for (int d = 0; d < NV; d++) _mm512_storeu_ps(acc_out[g] + 16 * d, A[g][d]);
+}
+
+// Whether a register pass exists for this head size (it then ran, on the G heads in
+// runs of as many as the registers hold).
+static int value_pass_fast(int hd, int G, const lz_half *vc, int64_t kv_dim, int64_t lo,
+                           int64_t hi, float *const *ms, float *const *vs, float *const *acc) {
+    const int most = hd == 64 ? 4 : hd == 128 ? 2 : hd == 256 ? 1 : 0;
+    if (!most) return 0;
+    for (int g = 0; g < G; g += most) {
+        const int n = G - g < most ? G - g : most;
+#define VP(NV, GG) if (hd == 16 * NV && n == GG) value_pass_regs(NV, GG, vc, kv_dim, lo, hi, ms + g, vs + g, acc + g);
+        VP(4, 1) VP(4, 2) VP(4, 3) VP(4, 4) VP(8, 1) VP(8, 2) VP(16, 1)
+#undef VP
+    }
+    return 1;
+}
+#endif
+
+// The softmax factors of each key, computed before the value pass: with m the
+// running maximum, a key that raises it shrinks the accumulator by
+// ms = exp(m_old - m_new) and enters with vs = 1; any other key leaves it (ms = 1)
+// and enters with vs = exp(x - m). exp(0) is exactly 1, so both cases are one
+// formula and the exps vectorize. Returns the sum of the weights, accumulated in
+// key order as s = s * ms + vs.
+static float softmax_factors(const float *sc, float *ms, float *vs, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        float x = sc[t], m_new = x > m ? x : m;
+        ms[t] = m - m_new;
+        vs[t] = x - m_new;
+        m = m_new;
+    }
+    for (int64_t t = 0; t < n; t++) {
+        ms[t] = lz_expf(ms[t]);
+        vs[t] = lz_expf(vs[t]);
+    }
+    float s = 0.0f;
+    for (int64_t t = 0; t < n; t++) s = s * ms[t] + vs[t];
+    return s;
+}
 
 static void attn_worker(void *p, int ith, int nth) {
     (void)nth;
     attn_job *j = (attn_job *)p;
-    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads;
-    float q[LZ_MAX_HEAD_DIM], acc[LZ_MAX_HEAD_DIM];
-    float *sc = j->scores + ith * j->scores_per_thread;
-    const int64_t total = j->n_tokens * j->n_heads;
+    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, hpt = j->heads_per_task;
+    const int chunks = (group + hpt - 1) / hpt;   // tasks per (row, kv head)
+    float q[LZ_MAX_HEAD_DIM];
+    float *scratch = j->scratch + ith * j->scratch_per_thread;
+    const int64_t total = j->n_tokens * j->n_kv_heads * chunks;
     for (;;) {
         int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (task >= total) break;
-        int64_t i = task / j->n_heads;
-        int h = (int)(task % j->n_heads);
-        int64_t off = (int64_t)(h / group) * hd;
-        int64_t qpos = j->pos0 + i;
+        int64_t i = task / (j->n_kv_heads * chunks);
+        int rest = (int)(task % (j->n_kv_heads * chunks));
+        int kvh = rest / chunks, h0 = kvh * group + (rest % chunks) * hpt;
+        int G = group - (rest % chunks) * hpt < hpt ? group - (rest % chunks) * hpt : hpt;
+        int64_t off = (int64_t)kvh * hd;
+        int64_t qpos = j->positions ? j->positions[i] : j->pos0 + i;
+        const lz_half *kc = (j->kcs ? j->kcs[i] : j->kc) + off;
+        const lz_half *vc = (j->vcs ? j->vcs[i] : j->vc) + off;
         int64_t lo = j->window > 0 && qpos - j->window + 1 > 0 ? qpos - j->window + 1 : 0;
-        // queries meet the f16 keys as f16 themselves
-        for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)h * hd + d];
-        round16_row(q, hd);
-        for (int64_t t = lo; t <= qpos; t++)
-            sc[t - lo] = dot_qk(q, j->kc + t * j->kv_dim + off, hd) * j->scale;
-        for (int d = 0; d < hd; d++) acc[d] = 0.0f;
-        float m = -INFINITY, s = 0.0f;
-        for (int64_t t = lo; t <= qpos; t++) {
-            float x = sc[t - lo], ms = 1.0f, vs = 1.0f;
-            int shrink = x > m;
-            if (shrink) {
-                ms = lz_expf(m - x); // a new maximum: scale down what is accumulated
-                m = x;
-            } else {
-                vs = lz_expf(x - m);
-            }
-            acc_update(acc, j->vc + t * j->kv_dim + off, ms, vs, hd, shrink);
-            s = s * ms + vs;
+        int64_t n = qpos - lo + 1;
+        float *ms[LZ_MAX_GROUP], *vs[LZ_MAX_GROUP], *acc[LZ_MAX_GROUP], sum[LZ_MAX_GROUP];
+        for (int g = 0; g < G; g++) {
+            float *sc = scratch + (int64_t)g * 3 * n;
+            ms[g] = sc + n;
+            vs[g] = sc + 2 * n;
+            acc[g] = j->out + i * j->ldo + (int64_t)(h0 + g) * hd;   // accumulate in place
+            // queries meet the f16 keys as f16 themselves
+            for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)(h0 + g) * hd + d];
+            round16_row(q, hd);
+            for (int64_t t = lo; t <= qpos; t++)
+                sc[t - lo] = dot_qk(q, kc + t * j->kv_dim, hd) * j->scale;
+            sum[g] = softmax_factors(sc, ms[g], vs[g], n);
         }
-        float *o = j->out + i * j->ldo + (int64_t)h * hd;
-        for (int d = 0; d < hd; d++) o[d] = acc[d] / s;
+        int done = 0;
+#if defined(__AVX512F__)
+        done = value_pass_fast(hd, G, vc, j->kv_dim, lo, qpos, ms, vs, acc);
+#endif
+        if (!done)
+            for (int g = 0; g < G; g++) {
+                for (int d = 0; d < hd; d++) acc[g][d] = 0.0f;
+                for (int64_t t = lo; t <= qpos; t++) {
+                    float m = ms[g][t - lo];
+                    acc_update(acc[g], vc + t * j->kv_dim, m, vs[g][t - lo], hd, m != 1.0f);
+                }
+            }
+        for (int g = 0; g < G; g++)
+            for (int d = 0; d < hd; d++) acc[g][d] /= sum[g];
     }
+}
+
+static int run_attention(attn_job *j, int64_t max_pos) {
+    int nth = lz_pool_threads();
+    // Heads of one kv head go together (they read the same keys and values), unless
+    // that leaves too few tasks to keep every thread busy.
+    const int group = j->n_heads / j->n_kv_heads;
+    int hpt = group < LZ_MAX_GROUP ? group : LZ_MAX_GROUP;
+    while (hpt > 1 && j->n_tokens * j->n_kv_heads * ((group + hpt - 1) / hpt) < 2 * nth)
+        hpt = (hpt + 1) / 2;
+    j->heads_per_task = hpt;
+    j->scratch_per_thread = ((max_pos + 1) * 3 * hpt + 15) & ~(int64_t)15;
+    j->scratch = malloc(sizeof(float) * (size_t)j->scratch_per_thread * (size_t)nth);
+    if (!j->scratch) return -2;
+    atomic_init(&j->next, 0);
+    int64_t tasks = j->n_tokens * j->n_kv_heads * ((group + hpt - 1) / hpt);
+    if (nth > 1 && tasks > 1) lz_pool_run(attn_worker, j);
+    else attn_worker(j, 0, 1);
+    free(j->scratch);
+    return 0;
 }
 
 int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
@@ -370,18 +486,37 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
         lz_f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
         lz_f2h_row(v + i * ldkv, vc + (pos0 + i) * kv_dim, kv_dim);
     }
-    attn_job j;
+    attn_job j = {0};
     j.q = q; j.ldq = ldq; j.kc = kc; j.vc = vc; j.kv_dim = kv_dim;
     j.n_tokens = n_tokens; j.pos0 = pos0;
     j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
     j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
-    j.scores_per_thread = (pos0 + n_tokens + 15) & ~(int64_t)15;
-    int nth = lz_pool_threads();
-    j.scores = malloc(sizeof(float) * (size_t)j.scores_per_thread * (size_t)nth);
-    if (!j.scores) return -2;
-    atomic_init(&j.next, 0);
-    if (nth > 1 && n_tokens * n_heads > 1) lz_pool_run(attn_worker, &j);
-    else attn_worker(&j, 0, 1);
-    free(j.scores);
-    return 0;
+    return run_attention(&j, pos0 + n_tokens - 1);
+}
+
+// One decoding step of n_rows different sequences: row i is the token at
+// positions[i] of the sequence whose cache (this layer's [n_ctx][kv_dim]) starts at
+// kcs[i] / vcs[i] + layer_off. Each row's key and value go into its own cache, and
+// its query attends to its own cache only; all rows and heads share the pool.
+int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
+                      lz_half *const *k_bases, lz_half *const *v_bases, int64_t layer_off,
+                      const int64_t *positions, int64_t n_rows, int n_heads, int n_kv_heads,
+                      int head_dim, float scale, int64_t window, float *out, int64_t ldo) {
+    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads || n_rows > 256)
+        return -1;
+    int64_t kv_dim = (int64_t)n_kv_heads * head_dim, max_pos = 0;
+    lz_half *kcs[256], *vcs[256];
+    for (int64_t i = 0; i < n_rows; i++) {
+        kcs[i] = k_bases[i] + layer_off;
+        vcs[i] = v_bases[i] + layer_off;
+        lz_f2h_row(k + i * ldkv, kcs[i] + positions[i] * kv_dim, kv_dim);
+        lz_f2h_row(v + i * ldkv, vcs[i] + positions[i] * kv_dim, kv_dim);
+        if (positions[i] > max_pos) max_pos = positions[i];
+    }
+    attn_job j = {0};
+    j.q = q; j.ldq = ldq; j.kcs = kcs; j.vcs = vcs; j.positions = positions;
+    j.kv_dim = kv_dim; j.n_tokens = n_rows;
+    j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
+    j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
+    return run_attention(&j, max_pos);
 }

@@ -26,6 +26,13 @@ LZ_API int lz_attention(const float *q, int64_t ldq, const float *k, const float
                       lz_half *kc, lz_half *vc, int64_t n_tokens, int64_t pos0, int n_heads,
                       int n_kv_heads, int head_dim, float scale, int64_t window, float *out,
                       int64_t ldo);
+LZ_API void lz_rope_table_at(float *cs, const int64_t *positions, int64_t n_rows,
+                             const double *inv_freq, int half);
+LZ_API int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *v,
+                             int64_t ldkv, lz_half *const *k_bases, lz_half *const *v_bases,
+                             int64_t layer_off, const int64_t *positions, int64_t n_rows,
+                             int n_heads, int n_kv_heads, int head_dim, float scale,
+                             int64_t window, float *out, int64_t ldo);
 LZ_API int lz_matmul(int type, const void *w, int64_t rows, int64_t k, const float *x, int64_t ldx,
                    int64_t n, float *y, int64_t ldy);
 

@@ -249,17 +249,6 @@ class CBackend:
             ctypes.memmove(out.addr + r * row_bytes, src + r * src_stride, row_bytes)
         return out
 
-    def stack_rows(self, parts):
-        cols = parts[0].cols
-        out = Tensor(sum(p.rows for p in parts), cols)
-        at = out.addr
-        for p in parts:
-            if p.cols != cols:
-                raise ValueError("stack_rows: tensors of different widths")
-            ctypes.memmove(at, p.addr, p.size * _SIZEOF_F32)
-            at += p.size * _SIZEOF_F32
-        return out
-
     def logprobs_rows(self, x, targets):
         lp = self.lib.lz_logprob
         stride = x.cols * _SIZEOF_F32
@@ -312,12 +301,14 @@ class CBackend:
         self.lib.lz_mul_rows(x.addr, x.size, w.floats(self.lib), w.shape[0])
         return x
 
-    def _rope_cs(self, rope, pos0, n):
-        """cos/sin table for positions pos0..pos0+n, shared by q and k of every layer."""
+    def _rope_cs(self, rope, pos0, n, positions=None):
+        """cos/sin table for positions pos0..pos0+n (or the given list), shared by q and
+        k of every layer."""
         key = id(rope)
+        where = (pos0, n) if positions is None else tuple(positions)
         hit = self._rope_table.get(key)
-        if hit is not None and hit[0] is rope and hit[1] == pos0 and hit[2] == n:
-            return hit[3]
+        if hit is not None and hit[0] is rope and hit[1] == where:
+            return hit[2]
         inv = self._rope_inv.get(key)
         if inv is None or inv[0] is not rope:
             freqs = rope.inv_freq()
@@ -325,14 +316,25 @@ class CBackend:
             self._rope_inv[key] = inv
         half = rope.n_rot // 2
         cs = (_F32 * max(1, n * half * 2))()
-        self.lib.lz_rope_table(cs, pos0, n, inv[1], half)
+        if positions is None:
+            self.lib.lz_rope_table(cs, pos0, n, inv[1], half)
+        else:
+            at = (ctypes.c_int64 * n)(*positions)
+            self.lib.lz_rope_table_at(cs, at, n, inv[1], half)
         if rope.attn_factor != 1.0:   # LongRoPE: cos and sin times the factor, in f32
             self.lib.lz_scale(cs, n * half * 2, rope.attn_factor)
-        self._rope_table[key] = (rope, pos0, n, cs)
+        self._rope_table[key] = (rope, where, cs)
         return cs
 
     def rope(self, x, pos0, n_heads, head_dim, rope):
         cs = self._rope_cs(rope, pos0, x.rows)
+        self.lib.lz_rope(x.addr, x.rows, x.cols, n_heads, head_dim, rope.n_rot,
+                         1 if rope.neox else 0, cs)
+        return x
+
+    def rope_rows(self, x, positions, n_heads, head_dim, rope):
+        """rope for rows at arbitrary positions (one decoding step of several sequences)."""
+        cs = self._rope_cs(rope, 0, x.rows, positions)
         self.lib.lz_rope(x.addr, x.rows, x.cols, n_heads, head_dim, rope.n_rot,
                          1 if rope.neox else 0, cs)
         return x
@@ -353,6 +355,27 @@ class CBackend:
                                    out.cols)
         if rc != 0:
             raise RuntimeError(f"lz_attention failed ({rc})")
+        return out
+
+    def attention_rows(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
+                       scale, window=0):
+        """Row r is the token at positions[r] of the sequence cached in caches[r]."""
+        n = q.rows
+        for pos, cache in zip(positions, caches):
+            if pos >= cache.n_ctx or cache.kv_dim != caches[0].kv_dim \
+                    or cache.n_ctx != caches[0].n_ctx:
+                raise ValueError(f"attention_rows: position {pos} or cache shape out of range")
+        first = caches[0]
+        layer_off = layer * first.n_ctx * first.kv_dim     # in f16 elements
+        k_bases = (ctypes.c_void_p * n)(*[c.k_addr for c in caches])
+        v_bases = (ctypes.c_void_p * n)(*[c.v_addr for c in caches])
+        at = (ctypes.c_int64 * n)(*positions)
+        out = Tensor(n, n_heads * head_dim)
+        rc = self.lib.lz_attention_rows(q.addr, q.cols, k.addr, v.addr, k.cols, k_bases, v_bases,
+                                        layer_off, at, n, n_heads, n_kv_heads, head_dim, scale,
+                                        window, out.addr, out.cols)
+        if rc != 0:
+            raise RuntimeError(f"lz_attention_rows failed ({rc})")
         return out
 
     def swiglu(self, g, u):

@@ -23,12 +23,16 @@ Operations (all a backend must provide):
                                                          `rope` is a RopeParams (cos and sin
                                                          rounded to f32, then times its
                                                          attn_factor in f32, as ggml does)
+    rope_rows(X, positions, n_heads, head_dim, rope) -> X    the same, row i at positions[i]
     kv_cache(n_layers, n_ctx, kv_dim) -> cache           keys and values, all layers
     attention(Q, K, V, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0)
         -> O[rows, n_heads*head_dim]                     stores K, V at positions pos0.. of
                                                          `layer`, then causal attention of each
                                                          query row over positions 0..pos0+i
                                                          (only the last `window` when window>0)
+    attention_rows(Q, K, V, caches, layer, positions, n_heads, n_kv_heads, head_dim, scale,
+                   window=0) -> O                        one decoding step of several sequences:
+                                                         row i is at positions[i] of caches[i]
     swiglu(G, U) -> Y                                    silu(G) * U
     geglu(G, U) -> Y                                     gelu_tanh(G) * U
     take_rows(X, start, stop) -> X[start:stop]
@@ -36,8 +40,6 @@ Operations (all a backend must provide):
                                                          (splits fused q|k|v and gate|up
                                                          outputs); like take_rows it may
                                                          share memory with X
-    stack_rows([X1, X2, ...]) -> X                      rows of each, in order (optional: the
-                                                         server batches parallel slots with it)
     to_floats(X) -> list of rows, each a sequence of floats (for tests and tools)
     logits_row(X, row) -> logits for sampling: len, [i], iteration, and top(k) ->
                           [(logit, id)] of the k largest, largest first, ties to lower id
@@ -415,8 +417,22 @@ class NumpyBackend:
             heads[:, :, 1:rope.n_rot:2] = a * sin + b * cos
         return x
 
+    def rope_rows(self, x, positions, n_heads, head_dim, rope):
+        """rope for rows at arbitrary positions (one decoding step of several sequences)."""
+        for r, pos in enumerate(positions):
+            self.rope(x[r:r + 1], pos, n_heads, head_dim, rope)
+        return x
+
     def kv_cache(self, n_layers, n_ctx, kv_dim):
         return KVCache(n_layers, n_ctx, kv_dim)
+
+    def attention_rows(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
+                       scale, window=0):
+        """Row r is the token at positions[r] of the sequence cached in caches[r]."""
+        return np.concatenate([
+            self.attention(q[r:r + 1], k[r:r + 1], v[r:r + 1], cache, layer, pos, n_heads,
+                           n_kv_heads, head_dim, scale, window)
+            for r, (cache, pos) in enumerate(zip(caches, positions))], axis=0)
 
     def attention(self, q, k, v, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale,
                   window=0):
@@ -482,9 +498,6 @@ class NumpyBackend:
     def take_cols(self, x, start, stop):
         # contiguous, because rope and attention reshape their input in place
         return np.ascontiguousarray(x[:, start:stop])
-
-    def stack_rows(self, parts):
-        return np.concatenate(parts, axis=0)
 
     def to_floats(self, x):
         return [row.tolist() for row in x]

@@ -52,7 +52,7 @@ REQUIRES = {
     ("riscv64", "rvv"): {"v"},
 }
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _AT_HWCAP = 16
 # aarch64 AT_HWCAP bits (Linux arch/arm64/include/uapi/asm/hwcap.h)
@@ -251,6 +251,9 @@ SIGNATURES = {
     "lz_rope": (None, [_P, _I64, _I64, _INT, _INT, _INT, _INT, _P]),
     "lz_attention": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _INT, _INT, _INT, _F,
                             _I64, _P, _I64]),
+    "lz_rope_table_at": (None, [_P, _P, _I64, _P, _INT]),
+    "lz_attention_rows": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _P, _I64, _INT, _INT,
+                                 _INT, _F, _I64, _P, _I64]),
     "lz_h2f_row": (None, [_P, _P, _I64]),
     "lz_stream_read": (ctypes.c_uint64, [_P, _I64]),
     "lz_f2h_row": (None, [_P, _P, _I64]),

@@ -219,19 +219,21 @@ class Model:
     def forward_batch(self, tokens, positions, caches):
         """One decoding step for several sequences: token r sits at positions[r] of
         caches[r]. The matmuls see all rows at once (one pass over the weights for
-        the whole batch, which is what makes parallel slots cheap); rope and
-        attention run row by row against each sequence's own cache. Needs the
-        backend's optional `stack_rows`. Returns logits, one row per sequence."""
+        the whole batch, which is what makes parallel slots cheap); each row's rope
+        and attention use its own position and cache. Returns logits, one row per
+        sequence."""
         cfg, b = self.config, self.backend
         for pos, cache in zip(positions, caches):
             if pos + 1 > self.n_ctx:
                 raise UserError(f"{pos + 1} tokens do not fit in the context of {self.n_ctx}")
 
         def attend(q, k, v, i):
-            rows = [self.rope_attend(b.take_rows(q, r, r + 1), b.take_rows(k, r, r + 1),
-                                     b.take_rows(v, r, r + 1), i, positions[r], caches[r])
-                    for r in range(len(tokens))]
-            return b.stack_rows(rows)
+            rope, scale, window = self.attention_params(q, i)
+            b.rope_rows(q, positions, cfg.n_heads, cfg.head_dim, rope)
+            b.rope_rows(k, positions, cfg.n_kv_heads, cfg.head_dim, rope)
+            scale = self.scale_queries(q, scale)
+            return b.attention_rows(q, k, v, caches, i, positions, cfg.n_heads, cfg.n_kv_heads,
+                                    cfg.head_dim, scale, window)
 
         x = self.decoder(tokens, attend)
         x = b.rmsnorm(x, self.output_norm, cfg.eps)
@@ -281,16 +283,27 @@ class Model:
     def rope_attend(self, q, k, v, i, pos0, cache):
         """Rotate q and k for positions pos0.. and attend over `cache` (layer i)."""
         cfg, b = self.config, self.backend
-        local = cfg.layer_is_local(i)
-        rope = self.rope_local if local else self.rope_global
+        rope, scale, window = self.attention_params(q, i)
         b.rope(q, pos0, cfg.n_heads, cfg.head_dim, rope)
         b.rope(k, pos0, cfg.n_kv_heads, cfg.head_dim, rope)
-        scale = cfg.attn_scale
-        if cfg.scale_q_first:
-            b.scale(q, scale)
-            scale = 1.0
+        scale = self.scale_queries(q, scale)
         return b.attention(q, k, v, cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
-                           cfg.head_dim, scale, cfg.window if local else 0)
+                           cfg.head_dim, scale, window)
+
+    def attention_params(self, q, i):
+        """Layer i's rope, score scale and window (local layers slide, global ones don't)."""
+        cfg = self.config
+        local = cfg.layer_is_local(i)
+        return (self.rope_local if local else self.rope_global, cfg.attn_scale,
+                cfg.window if local else 0)
+
+    def scale_queries(self, q, scale):
+        """Models that scale the queries before the dot products (as their reference
+        does) get it here, and scores are then left alone; returns the score scale."""
+        if self.config.scale_q_first:
+            self.backend.scale(q, scale)
+            return 1.0
+        return scale
 
     def feed_forward(self, h, layer):
         b = self.backend

@@ -121,7 +121,7 @@ class Batcher:
         self.model = model
         self.slots = slots
         self.compute = threading.Lock()     # one forward pass at a time, batched or not
-        self.batched = hasattr(model.backend, "stack_rows")
+        self.batched = hasattr(model.backend, "attention_rows")
         self.cond = threading.Condition()
         self.pending = []
         self.stopping = False

@@ -227,10 +227,12 @@ def test_gemma3_chat_knows_the_capital_of_france():
     assert "Paris" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
-def test_batched_decode_step_matches_single_sequences(arch, model_path):
-    """The server's batched step (forward_batch) goes through the fused splits too."""
-    b = CBackend(n_threads=2)
+@pytest.mark.parametrize("arch,backend", [("phi3", "c"), ("gemma3", "c"), ("mistral", "c"),
+                                          ("qwen3", "c"), ("gemma3", "numpy")])
+def test_batched_decode_step_matches_single_sequences(arch, backend, model_path):
+    """The server's batched step (forward_batch: each row's own position, cache and
+    window) matches each sequence decoded alone, through fused splits too."""
+    b = CBackend(n_threads=2) if backend == "c" else NumpyBackend()
     model = Model(GGUFFile.open(model_path(arch)), b, n_ctx=32)
     twins = [model.with_own_cache() for _ in range(2)]
     prompts = [PROMPT[:6], PROMPT[2:9]]
