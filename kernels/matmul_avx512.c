@@ -12,7 +12,8 @@
 // and the Q4_1/Q5_1 minimum are per-block constants c times sum(x), so they are
 // collected in a small float pass at the end: sum_b c[b] * s[b], s = d * sum(q).
 // Q8_0 weights are signed: a single row multiplies |w| by x with w's sign moved onto
-// x; tiles of several tokens add 128 to x instead (see legacy_tile).
+// x. Tiles of several tokens instead make Q4_0/Q5_0/Q8_0 weights signed and add 128
+// to x (see legacy_tile).
 //
 // K-quants: 64 weights per register, as unsigned bytes. maddubs gives 16-bit sums of
 // pairs; dpwssd multiplies them by the 16-bit sub-block scales and accumulates in
@@ -202,7 +203,12 @@ AI void legacy_gemv4(const int type, int64_t k, const uint8_t *w, size_t ws, con
 AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                     size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = legacy_size(type);
-    const int has_c = type != LZ_Q8_0; // offset or minimum per block
+    // Q4_0/Q5_0/Q8_0 weights are made signed (the offset -8 / -16 subtracted) and meet
+    // activations made unsigned by adding 128: sum((x + 128) w) - 128 sum(w) = sum(x w),
+    // with the correction computed once per row and block pair instead of per token.
+    // Q4_1/Q5_1 keep unsigned weights; their minimum goes to a float pass at the end.
+    const int has_c = type == LZ_Q4_1 || type == LZ_Q5_1;
+    const int offset = type == LZ_Q4_0 ? 8 : type == LZ_Q5_0 ? 16 : 0;
     const int64_t nb = k / QK, np = (nb + 1) / 2, nbp = lz_pad64(k) / QK;
     const __m512i idx_d = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     float cb[R][has_c ? nbp : 1];
@@ -221,41 +227,39 @@ AI void legacy_tile(const int type, const int R, const int T, int64_t k, const u
             if (R == 1) _mm_prefetch((const char *)pa + LZ_PF_DIST, _MM_HINT_T0);
             Z[r] = _mm512_setzero_si512();
             if (type == LZ_Q8_0) {
-                // Signed weights against activations made unsigned by adding 128:
-                // sum((x + 128) w) - 128 sum(w) = sum(x w), the correction once per row
-                // instead of moving w's sign onto x for every token.
                 W[r] = _mm512_inserti64x4(
                     _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(pa + 2))),
                     _mm256_loadu_si256((const __m256i *)(pb + 2)), 1);
-                Z[r] = _mm512_sub_epi32(Z[r], _mm512_dpbusd_epi32(Z[r], _mm512_set1_epi8((char)0x80), W[r]));
                 __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(pa) | ld16(pb) << 16)));
                 D[r] = _mm512_permutexvar_ps(idx_d, _mm512_castps128_ps512(f));
             } else {
                 __mmask64 unused;
                 legacy_pair(type, pa, pb, &W[r], &unused, &D[r], has_c ? &cb[r][2 * p] : NULL);
+                if (offset) W[r] = _mm512_sub_epi8(W[r], _mm512_set1_epi8((char)offset));
             }
+            if (!has_c)
+                Z[r] = _mm512_sub_epi32(Z[r], _mm512_dpbusd_epi32(Z[r], _mm512_set1_epi8((char)0x80), W[r]));
         }
         for (int t = 0; t < T; t++) {
             const uint8_t *xr = x + t * xs;
             __m512i X = _mm512_loadu_si512((const void *)(xr + 64 * p));
-            if (type == LZ_Q8_0) X = _mm512_xor_si512(X, _mm512_set1_epi8((char)0x80));
+            if (!has_c) X = _mm512_xor_si512(X, _mm512_set1_epi8((char)0x80));
             const float *dx = xq8_d(xr, k) + 2 * p;
             __m512 DX = _mm512_permutexvar_ps(
                 idx_d, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)dx))));
             for (int r = 0; r < R; r++) {
-                __m512i dot = type == LZ_Q8_0 ? _mm512_dpbusd_epi32(Z[r], X, W[r])
-                                              : _mm512_dpbusd_epi32(Z[r], W[r], X);
+                __m512i dot = !has_c ? _mm512_dpbusd_epi32(Z[r], X, W[r])
+                                     : _mm512_dpbusd_epi32(Z[r], W[r], X);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(D[r], DX),
                                             acc[r][t]);
             }
         }
     }
-    const float coef = type == LZ_Q4_0 ? -8.0f : type == LZ_Q5_0 ? -16.0f : 1.0f;
     for (int r = 0; r < R; r++) {
         if (has_c && nb < nbp) cb[r][nb] = 0.0f;
         for (int t = 0; t < T; t++) {
             float v = _mm512_reduce_add_ps(acc[r][t]);
-            if (has_c) v += coef * dotf(cb[r], xq8_s(x + t * xs, k), nb);
+            if (has_c) v += dotf(cb[r], xq8_s(x + t * xs, k), nb);
             y[t * ldy + r] = v;
         }
     }
