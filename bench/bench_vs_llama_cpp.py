@@ -6,7 +6,10 @@ Prints prompt (pp128) and generation (tg64) tokens/s for both and the ratio, the
 start-up (exec -> first generated token) and peak RSS with -c 512 for both.
 llama.cpp comes from PyPI's llama-cpp-python (`pip install llama-cpp-python` builds
 it from source, about 10 minutes on 2 cores); without it only our figures print.
-Defaults to SmolLM2 Q4_1 and its Q8_0 requantization.
+Defaults to SmolLM2 Q4_1, its Q8_0 requantization and, when llama-cpp-python is
+installed, a Q4_K_M made from that Q8_0 by llama.cpp's own quantizer (requantizing, so
+llama.cpp picks its usual Q4_K_M type mix: on SmolLM2's 576-wide rows most tensors
+fall back to Q5_0). Start-up and peak RSS are measured on the first model.
 """
 
 import argparse
@@ -74,6 +77,30 @@ def llama_cpp(model, threads, reps, n_prompt=128, n_gen=64):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+_LLAMA_QUANTIZE = r"""
+import ctypes, sys
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
+params.allow_requantize = True
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),
+                                        ctypes.byref(params)))
+"""
+
+
+def quantize_with_llama_cpp(src, out, ftype):
+    """Write `out` from `src` with llama.cpp's quantizer; False without llama-cpp-python."""
+    tmp = f"{out}.{os.getpid()}.tmp"
+    r = subprocess.run([sys.executable, "-c", _LLAMA_QUANTIZE, src, tmp, ftype],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        return False
+    os.replace(tmp, out)
+    return True
+
+
 def first_token_and_rss(cmd):
     """Seconds from exec to the first byte on stdout, and the child's peak RSS (MiB)."""
     t0 = time.perf_counter()
@@ -95,8 +122,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per model")
     args = ap.parse_args()
     if not args.models:
-        from tests.models import smollm2, smollm2_q8_0
+        from tests.models import CACHE, smollm2, smollm2_q8_0
         args.models = [smollm2(), smollm2_q8_0()]
+        q4_k_m = os.path.join(CACHE, "SmolLM2-135M-Instruct.Q4_K_M.gguf")
+        if os.path.exists(q4_k_m) or quantize_with_llama_cpp(args.models[1], q4_k_m, "Q4_K_M"):
+            args.models.append(q4_k_m)
 
     print(f"# {time.strftime('%Y-%m-%d')}, {args.threads} threads, {_cpu_name()}")
     print("| model | test | llamazip t/s | llama.cpp t/s | ratio |")

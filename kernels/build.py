@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.join(HERE, "build")
 
 COMMON = ["api.c", "threads.c", "quants.c", "matmul.c", "ops.c"]
-HEADERS = ["quants.h", "ops.h", "threads.h"]
+HEADERS = ["quants.h", "ops.h", "threads.h", "tiles.h"]
 
 # arch -> (glibc target for the .so, musl target for static test drivers)
 TARGETS = {

@@ -1,0 +1,43 @@
+// Covering an output block of nr weight rows x nt tokens with register tiles: the
+// x86 kernel files instantiate their tile functions through these macros. A tile
+// function fn(type, R, T, k, w, ws, x, xs, y, ldy) is an always-inline template whose
+// R and T are compile-time constants; the macros expect k, w, ws, nr, x, xs, nt, y
+// and ldy in scope.
+#ifndef LZ_TILES_H
+#define LZ_TILES_H
+
+// One column of tiles: nr rows x TN tokens from token t, RR rows at a time.
+#define ROW_TILES(fn, type, RR, TN)                                                           \
+    do {                                                                                      \
+        int r = 0;                                                                            \
+        for (; r + RR <= nr; r += RR)                                                         \
+            fn(type, RR, TN, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);        \
+        for (; r < nr; r++)                                                                   \
+            fn(type, 1, TN, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);         \
+    } while (0)
+
+// Cover nr x nt with RR x TT tiles; 2..TT-1 leftover tokens (short prompts, a few
+// sequences decoding together) take one narrower column of single rows, so each
+// weight block is still decoded once for all of them and, when that is all there is
+// (batched decoding), the weights stream through memory row after row.
+#define TILES(fn, type, RR, TT)                                                               \
+    do {                                                                                      \
+        int t = 0;                                                                            \
+        for (; t + TT <= nt; t += TT) ROW_TILES(fn, type, RR, TT);                           \
+        switch (nt - t) {   /* the guards drop the cases TT cannot reach at compile time */  \
+        case 2: if (2 < TT) { ROW_TILES(fn, type, 1, 2); t += 2; } break;                    \
+        case 3: if (3 < TT) { ROW_TILES(fn, type, 1, 3); t += 3; } break;                    \
+        case 4: if (4 < TT) { ROW_TILES(fn, type, 1, 4); t += 4; } break;                    \
+        case 5: if (5 < TT) { ROW_TILES(fn, type, 1, 5); t += 5; } break;                    \
+        case 6: if (6 < TT) { ROW_TILES(fn, type, 1, 6); t += 6; } break;                    \
+        case 7: if (7 < TT) { ROW_TILES(fn, type, 1, 7); t += 7; } break;                    \
+        default: break;                                                                       \
+        }                                                                                     \
+        /* a single token takes one row at a time: the weights then stream through */        \
+        /* memory in one sequential run, which the hardware prefetcher follows */            \
+        for (; t < nt; t++)                                                                   \
+            for (int r = 0; r < nr; r++)                                                      \
+                fn(type, 1, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);      \
+    } while (0)
+
+#endif
