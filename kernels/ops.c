@@ -502,10 +502,11 @@ int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *
                       lz_half *const *k_bases, lz_half *const *v_bases, int64_t layer_off,
                       const int64_t *positions, int64_t n_rows, int n_heads, int n_kv_heads,
                       int head_dim, float scale, int64_t window, float *out, int64_t ldo) {
-    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads || n_rows > 256)
-        return -1;
+    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads) return -1;
     int64_t kv_dim = (int64_t)n_kv_heads * head_dim, max_pos = 0;
-    lz_half *kcs[256], *vcs[256];
+    lz_half **kcs = malloc(sizeof(lz_half *) * 2 * (size_t)(n_rows > 0 ? n_rows : 1));
+    if (!kcs) return -2;
+    lz_half **vcs = kcs + n_rows;
     for (int64_t i = 0; i < n_rows; i++) {
         kcs[i] = k_bases[i] + layer_off;
         vcs[i] = v_bases[i] + layer_off;
@@ -518,5 +519,7 @@ int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *
     j.kv_dim = kv_dim; j.n_tokens = n_rows;
     j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
     j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
-    return run_attention(&j, max_pos);
+    int rc = run_attention(&j, max_pos);
+    free(kcs);
+    return rc;
 }

@@ -32,7 +32,7 @@ class _BufferPool:
     """
 
     MAX_PER_SIZE = 8
-    MAX_BYTES = 256 << 20
+    MAX_BYTES = 64 << 20   # beyond it, buffers are freed as before
 
     def __init__(self):
         self.free = {}    # n floats -> [ctypes arrays]
