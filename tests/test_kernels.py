@@ -501,6 +501,23 @@ def native_variants():
     return [v for v in kernels.VARIANTS[HOST] if kernels.REQUIRES[(HOST, v)] <= feats]
 
 
+def test_recycled_activation_buffers(built):
+    """Op outputs reuse freed buffers of the same size: a view keeps its parent's
+    memory out of the pool, and tensor() still hands out zeros."""
+    from runtime.backend_c import CBackend
+    cb = CBackend(n_threads=2)
+    x = cb.tensor(4, 64, [float(i) for i in range(256)])
+    view = cb.take_rows(x, 1, 3)
+    del x
+    churn = [cb.tensor(4, 64, [-1.0] * 256) for _ in range(12)]   # would take x's buffer
+    assert cb.to_floats(view) == [[float(i) for i in range(64 * r, 64 * (r + 1))] for r in (1, 2)]
+    del churn
+    fresh = cb.tensor(4, 64)
+    assert all(v == 0.0 for row in cb.to_floats(fresh) for v in row)
+    y = cb.swiglu(cb.tensor(4, 64, [1.0] * 256), cb.tensor(4, 64, [2.0] * 256))
+    assert all(v == pytest.approx(2.0 / (1.0 + math.exp(-1.0))) for row in cb.to_floats(y) for v in row)
+
+
 @pytest.mark.parametrize("variant", native_variants())
 def test_backend_ops_match_oracle(built, variant):
     from runtime.backend_c import CBackend
