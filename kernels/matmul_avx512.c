@@ -466,21 +466,5 @@ DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_R, KQ_T)
 DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, KQ_R, KQ_T)
 
 void lz_init_avx512(lz_kernels *k) {
-    // rows per call: 4, a multiple of the tiles' rows, so that a single token gets the
-    // 4-row matrix x vector kernel (legacy_gemv4) whatever the tile shape
-    static const struct { int type; lz_tile_fn f; int rr, tt; } t[] = {
-        {LZ_Q4_0, tile_q4_0, 4, LEGACY_T}, {LZ_Q4_1, tile_q4_1, 4, LEGACY_T},
-        {LZ_Q5_0, tile_q5_0, 4, LEGACY_T}, {LZ_Q5_1, tile_q5_1, 4, LEGACY_T},
-        {LZ_Q8_0, tile_q8_0, 4, LEGACY_T},
-        {LZ_Q2_K, tile_q2_k, 4, KQ_T}, {LZ_Q3_K, tile_q3_k, 4, KQ_T},
-        {LZ_Q4_K, tile_q4_k, 4, KQ_T}, {LZ_Q5_K, tile_q5_k, 4, KQ_T},
-        {LZ_Q6_K, tile_q6_k, 4, KQ_T},
-    };
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        lz_type_ops *o = &k->types[t[i].type];
-        o->tile = t[i].f;
-        o->rows_pref = t[i].rr;
-        o->toks_pref = t[i].tt;
-        o->max_k = MAX_K;
-    }
+    REGISTER_QUANT_TILES(k, MAX_K);
 }

@@ -40,4 +40,26 @@
                 fn(type, 1, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);      \
     } while (0)
 
+// Register the including file's tile_q4_0 .. tile_q6_k (made with the macros above),
+// LEGACY_T / KQ_T tokens per call and 4 rows per call: a multiple of the tiles' rows,
+// so that a single token gets a 4-row matrix x vector kernel where the file has one.
+#define REGISTER_QUANT_TILES(k, max_k_)                                                       \
+    do {                                                                                      \
+        static const struct { int type; lz_tile_fn f; int tt; } t[] = {                       \
+            {LZ_Q4_0, tile_q4_0, LEGACY_T}, {LZ_Q4_1, tile_q4_1, LEGACY_T},                   \
+            {LZ_Q5_0, tile_q5_0, LEGACY_T}, {LZ_Q5_1, tile_q5_1, LEGACY_T},                   \
+            {LZ_Q8_0, tile_q8_0, LEGACY_T},                                                   \
+            {LZ_Q2_K, tile_q2_k, KQ_T}, {LZ_Q3_K, tile_q3_k, KQ_T},                           \
+            {LZ_Q4_K, tile_q4_k, KQ_T}, {LZ_Q5_K, tile_q5_k, KQ_T},                           \
+            {LZ_Q6_K, tile_q6_k, KQ_T},                                                       \
+        };                                                                                    \
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {                                 \
+            lz_type_ops *o = &(k)->types[t[i].type];                                          \
+            o->tile = t[i].f;                                                                 \
+            o->rows_pref = 4;                                                                 \
+            o->toks_pref = t[i].tt;                                                           \
+            o->max_k = (max_k_);                                                              \
+        }                                                                                     \
+    } while (0)
+
 #endif
