@@ -15,214 +15,65 @@ lz_kernels lz_k;
 // ---------------------------------------------------------------- portable dots
 // Integer sums inside a block are exact; the float work is per block.
 
-static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-
-static float dot_q4_0(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q4_0 *b = (const block_q4_0 *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8_d(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++, xq += QK) {
-        int isum = 0;
-        for (int j = 0; j < 16; j++)
-            isum += ((b[i].qs[j] & 0xf) - 8) * xq[j] + ((b[i].qs[j] >> 4) - 8) * xq[j + 16];
-        sum += lz_h2f(b[i].d) * dx[i] * (float)isum;
-    }
-    return sum;
-}
-
-static float dot_q4_1(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q4_1 *b = (const block_q4_1 *)w;
+// Legacy blocks: one integer sum per block, then value = d * code (+ m) applied as
+// d * dx * sum (+ m * d_x * sum(x)).
+static inline __attribute__((always_inline)) float dot_legacy(const int type, const uint8_t *w,
+                                                              const uint8_t *x, int64_t k) {
+    const size_t bs = type == LZ_Q4_0 ? sizeof(block_q4_0) : type == LZ_Q4_1 ? sizeof(block_q4_1)
+                    : type == LZ_Q5_0 ? sizeof(block_q5_0) : type == LZ_Q5_1 ? sizeof(block_q5_1)
+                    : sizeof(block_q8_0);
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int8_t *xq = (const int8_t *)x;
     const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++, xq += QK) {
+        const uint8_t *blk = w + i * bs;
+        int8_t q[QK];
+        lz_legacy_codes(type, blk, q);
         int isum = 0;
-        for (int j = 0; j < 16; j++)
-            isum += (b[i].qs[j] & 0xf) * xq[j] + (b[i].qs[j] >> 4) * xq[j + 16];
-        sum += lz_h2f(b[i].d) * dx[i] * (float)isum + lz_h2f(b[i].m) * sx[i];
-    }
-    return sum;
-}
-
-static float dot_q5_0(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q5_0 *b = (const block_q5_0 *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8_d(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++, xq += QK) {
-        uint32_t qh = ld32(b[i].qh);
-        int isum = 0;
-        for (int j = 0; j < 16; j++) {
-            int lo = ((b[i].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4)) - 16;
-            int hi = ((b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - 16;
-            isum += lo * xq[j] + hi * xq[j + 16];
+        for (int j = 0; j < QK; j++) isum += q[j] * xq[j];
+        lz_half d, m;
+        memcpy(&d, blk, 2);                     // every legacy block starts with d,
+        float term = lz_h2f(d) * dx[i] * (float)isum;
+        if (with_min) {                         // and Q4_1/Q5_1 follow it with m
+            memcpy(&m, blk + 2, 2);
+            term += lz_h2f(m) * sx[i];
         }
-        sum += lz_h2f(b[i].d) * dx[i] * (float)isum;
+        sum += term;
     }
     return sum;
 }
 
-static float dot_q5_1(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q5_1 *b = (const block_q5_1 *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++, xq += QK) {
-        uint32_t qh = ld32(b[i].qh);
-        int isum = 0;
-        for (int j = 0; j < 16; j++) {
-            int lo = (b[i].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            int hi = (b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            isum += lo * xq[j] + hi * xq[j + 16];
-        }
-        sum += lz_h2f(b[i].d) * dx[i] * (float)isum + lz_h2f(b[i].m) * sx[i];
-    }
-    return sum;
-}
-
-static float dot_q8_0(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q8_0 *b = (const block_q8_0 *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8_d(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++, xq += QK) {
-        int isum = 0;
-        for (int j = 0; j < QK; j++) isum += b[i].qs[j] * xq[j];
-        sum += lz_h2f(b[i].d) * dx[i] * (float)isum;
-    }
-    return sum;
-}
-
-// K-quants: sums over the 16 groups of 16 weights of a super-block.
-static inline void group_sums(const int8_t *q, const int8_t *xq, int s[16]) {
-    for (int g = 0; g < 16; g++) {
-        int acc = 0;
-        for (int j = 0; j < 16; j++) acc += q[g * 16 + j] * xq[g * 16 + j];
-        s[g] = acc;
-    }
-}
-
-static float dot_q2_k(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q2_k *b = (const block_q2_k *)w;
+// K-quants: sums over the 16 groups of 16 weights of a super-block, weighted by the
+// group scales; the minimums meet the activations' group sums (bsums).
+static inline __attribute__((always_inline)) float dot_kq(const int type, const uint8_t *w,
+                                                          const uint8_t *x, int64_t k) {
+    const size_t bs = type == LZ_Q2_K ? sizeof(block_q2_k) : type == LZ_Q3_K ? sizeof(block_q3_k)
+                    : type == LZ_Q4_K ? sizeof(block_q4_k) : type == LZ_Q5_K ? sizeof(block_q5_k)
+                    : sizeof(block_q6_k);
+    const int with_min = type == LZ_Q2_K || type == LZ_Q4_K || type == LZ_Q5_K;
     const int8_t *xq = (const int8_t *)x;
     const float *dx = xq8k_d(x, k);
-    const int16_t *bs = xq8k_bsums(x, k);
+    const int16_t *bsums = xq8k_bsums(x, k);
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++, xq += QK_K, bs += 16) {
+    for (int64_t i = 0; i < k / QK_K; i++, xq += QK_K) {
+        const uint8_t *blk = w + i * bs;
         int8_t q[QK_K];
-        for (int half = 0; half < 2; half++)
-            for (int j = 0; j < 4; j++)
-                for (int l = 0; l < 32; l++)
-                    q[half * 128 + j * 32 + l] = (int8_t)((b[i].qs[half * 32 + l] >> (2 * j)) & 3);
-        int s[16], isum = 0, msum = 0;
-        group_sums(q, xq, s);
+        lz_kq_codes(type, blk, q);
+        int sc[16], mn[16];
+        float d, dmin;
+        lz_kq_scales(type, blk, sc, mn, &d, &dmin);
+        int isum = 0, msum = 0;
         for (int g = 0; g < 16; g++) {
-            isum += (b[i].scales[g] & 0xf) * s[g];
-            msum += (b[i].scales[g] >> 4) * bs[g];
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += q[g * 16 + j] * xq[g * 16 + j];
+            isum += sc[g] * s;
+            msum += mn[g] * bsums[i * 16 + g];
         }
-        sum += dx[i] * (lz_h2f(b[i].d) * (float)isum - lz_h2f(b[i].dmin) * (float)msum);
-    }
-    return sum;
-}
-
-static float dot_q3_k(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q3_k *b = (const block_q3_k *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8k_d(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++, xq += QK_K) {
-        int8_t q[QK_K], sc[16];
-        for (int half = 0; half < 2; half++)
-            for (int j = 0; j < 4; j++)
-                for (int l = 0; l < 32; l++) {
-                    int v = (b[i].qs[half * 32 + l] >> (2 * j)) & 3;
-                    int h = (b[i].hmask[l] >> (half * 4 + j)) & 1;
-                    q[half * 128 + j * 32 + l] = (int8_t)(v - (h ? 0 : 4));
-                }
-        lz_q3_scales(b[i].scales, sc);
-        int s[16], isum = 0;
-        group_sums(q, xq, s);
-        for (int g = 0; g < 16; g++) isum += sc[g] * s[g];
-        sum += dx[i] * lz_h2f(b[i].d) * (float)isum;
-    }
-    return sum;
-}
-
-static float dot_q4_k(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q4_k *b = (const block_q4_k *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8k_d(x, k);
-    const int16_t *bs = xq8k_bsums(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++, xq += QK_K, bs += 16) {
-        int8_t q[QK_K];
-        for (int c = 0; c < 4; c++)
-            for (int l = 0; l < 32; l++) {
-                q[c * 64 + l] = (int8_t)(b[i].qs[c * 32 + l] & 0xf);
-                q[c * 64 + 32 + l] = (int8_t)(b[i].qs[c * 32 + l] >> 4);
-            }
-        uint8_t sc[8], mn[8];
-        lz_k_scales(b[i].scales, sc, mn);
-        int s[16], isum = 0, msum = 0;
-        group_sums(q, xq, s);
-        for (int j = 0; j < 8; j++) {
-            isum += sc[j] * (s[2 * j] + s[2 * j + 1]);
-            msum += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-        }
-        sum += dx[i] * (lz_h2f(b[i].d) * (float)isum - lz_h2f(b[i].dmin) * (float)msum);
-    }
-    return sum;
-}
-
-static float dot_q5_k(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q5_k *b = (const block_q5_k *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8k_d(x, k);
-    const int16_t *bs = xq8k_bsums(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++, xq += QK_K, bs += 16) {
-        int8_t q[QK_K];
-        for (int c = 0; c < 4; c++)
-            for (int l = 0; l < 32; l++) {
-                int h1 = (b[i].qh[l] >> (2 * c)) & 1, h2 = (b[i].qh[l] >> (2 * c + 1)) & 1;
-                q[c * 64 + l] = (int8_t)((b[i].qs[c * 32 + l] & 0xf) | (h1 << 4));
-                q[c * 64 + 32 + l] = (int8_t)((b[i].qs[c * 32 + l] >> 4) | (h2 << 4));
-            }
-        uint8_t sc[8], mn[8];
-        lz_k_scales(b[i].scales, sc, mn);
-        int s[16], isum = 0, msum = 0;
-        group_sums(q, xq, s);
-        for (int j = 0; j < 8; j++) {
-            isum += sc[j] * (s[2 * j] + s[2 * j + 1]);
-            msum += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-        }
-        sum += dx[i] * (lz_h2f(b[i].d) * (float)isum - lz_h2f(b[i].dmin) * (float)msum);
-    }
-    return sum;
-}
-
-static float dot_q6_k(const uint8_t *w, const uint8_t *x, int64_t k) {
-    const block_q6_k *b = (const block_q6_k *)w;
-    const int8_t *xq = (const int8_t *)x;
-    const float *dx = xq8k_d(x, k);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++, xq += QK_K) {
-        int8_t q[QK_K];
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = b[i].ql + half * 64, *qh = b[i].qh + half * 32;
-            int8_t *o = q + half * 128;
-            for (int l = 0; l < 32; l++) {
-                o[l] = (int8_t)(((ql[l] & 0xf) | (((qh[l] >> 0) & 3) << 4)) - 32);
-                o[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
-                o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-                o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-            }
-        }
-        int s[16], isum = 0;
-        group_sums(q, xq, s);
-        for (int g = 0; g < 16; g++) isum += b[i].scales[g] * s[g];
-        sum += dx[i] * lz_h2f(b[i].d) * (float)isum;
+        if (with_min)
+            sum += dx[i] * (d * (float)isum - dmin * (float)msum);
+        else
+            sum += dx[i] * d * (float)isum;
     }
     return sum;
 }
@@ -264,20 +115,25 @@ static float dot_bf16(const uint8_t *w, const uint8_t *x, int64_t k) {
         for (int t = 0; t < nt; t++)                                                      \
             for (int r = 0; r < nr; r++) y[t * ldy + r] = dot(w + r * ws, x + t * xs, k); \
     }
+#define PORTABLE_QUANT_TILE(name, dot, type)                                              \
+    static float name##_dot(const uint8_t *w, const uint8_t *x, int64_t k) {              \
+        return dot(type, w, x, k);                                                        \
+    }                                                                                     \
+    PORTABLE_TILE(name, name##_dot)
 
 PORTABLE_TILE(tile_f32, dot_f32)
 PORTABLE_TILE(tile_f16, dot_f16)
 PORTABLE_TILE(tile_bf16, dot_bf16)
-PORTABLE_TILE(tile_q4_0, dot_q4_0)
-PORTABLE_TILE(tile_q4_1, dot_q4_1)
-PORTABLE_TILE(tile_q5_0, dot_q5_0)
-PORTABLE_TILE(tile_q5_1, dot_q5_1)
-PORTABLE_TILE(tile_q8_0, dot_q8_0)
-PORTABLE_TILE(tile_q2_k, dot_q2_k)
-PORTABLE_TILE(tile_q3_k, dot_q3_k)
-PORTABLE_TILE(tile_q4_k, dot_q4_k)
-PORTABLE_TILE(tile_q5_k, dot_q5_k)
-PORTABLE_TILE(tile_q6_k, dot_q6_k)
+PORTABLE_QUANT_TILE(tile_q4_0, dot_legacy, LZ_Q4_0)
+PORTABLE_QUANT_TILE(tile_q4_1, dot_legacy, LZ_Q4_1)
+PORTABLE_QUANT_TILE(tile_q5_0, dot_legacy, LZ_Q5_0)
+PORTABLE_QUANT_TILE(tile_q5_1, dot_legacy, LZ_Q5_1)
+PORTABLE_QUANT_TILE(tile_q8_0, dot_legacy, LZ_Q8_0)
+PORTABLE_QUANT_TILE(tile_q2_k, dot_kq, LZ_Q2_K)
+PORTABLE_QUANT_TILE(tile_q3_k, dot_kq, LZ_Q3_K)
+PORTABLE_QUANT_TILE(tile_q4_k, dot_kq, LZ_Q4_K)
+PORTABLE_QUANT_TILE(tile_q5_k, dot_kq, LZ_Q5_K)
+PORTABLE_QUANT_TILE(tile_q6_k, dot_kq, LZ_Q6_K)
 
 void lz_quants_register(lz_kernels *k);
 

@@ -12,6 +12,7 @@
 #include <riscv_vector.h>
 
 #include "quants.h"
+#include "tiles.h"
 
 #define AI static inline __attribute__((always_inline))
 
@@ -126,33 +127,9 @@ AI float kq_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
         const uint8_t *blk = w + sb * bs;
         const int8_t *xq = (const int8_t *)x + sb * QK_K;
         const int16_t *bs16 = bsums + sb * 16;
-        int sc[16], mn[16] = {0};
-        float d, dmin = 0.0f;
-        if (type == LZ_Q4_K || type == LZ_Q5_K) {
-            uint8_t s[8], m[8];
-            lz_k_scales(blk + 4, s, m);
-            for (int g = 0; g < 16; g++) {
-                sc[g] = s[g >> 1];
-                mn[g] = m[g >> 1];
-            }
-            d = h2f(blk);
-            dmin = h2f(blk + 2);
-        } else if (type == LZ_Q6_K) {
-            for (int g = 0; g < 16; g++) sc[g] = ((const int8_t *)blk)[192 + g];
-            d = h2f(blk + 208);
-        } else if (type == LZ_Q3_K) {
-            int8_t s[16];
-            lz_q3_scales(blk + 96, s);
-            for (int g = 0; g < 16; g++) sc[g] = s[g];
-            d = h2f(blk + 108);
-        } else {
-            for (int g = 0; g < 16; g++) {
-                sc[g] = blk[g] & 0xF;
-                mn[g] = blk[g] >> 4;
-            }
-            d = h2f(blk + 80);
-            dmin = h2f(blk + 82);
-        }
+        int sc[16], mn[16];
+        float d, dmin;
+        lz_kq_scales(type, blk, sc, mn, &d, &dmin);
         int isum = 0, msum = 0;
         for (int j = 0; j < 8; j++)
             for (int h = 0; h < 2; h++)
@@ -165,30 +142,9 @@ AI float kq_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
 
 // ---------------------------------------------------------------- tiles
 
-#define DEFINE_TILE(name, fn, type)                                                            \
-    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,        \
-                     size_t xs, int nt, float *y, size_t ldy) {                                \
-        for (int t = 0; t < nt; t++)                                                           \
-            for (int r = 0; r < nr; r++) y[t * ldy + r] = fn(type, w + r * ws, x + t * xs, k); \
-    }
+// One token at a time (LEGACY_T = KQ_T = 1), as the portable kernels do.
+#define LEGACY_T 1
+#define KQ_T 1
+DOT_TILES(legacy_dot, kq_dot)
 
-DEFINE_TILE(tile_q4_0, legacy_dot, LZ_Q4_0)
-DEFINE_TILE(tile_q4_1, legacy_dot, LZ_Q4_1)
-DEFINE_TILE(tile_q5_0, legacy_dot, LZ_Q5_0)
-DEFINE_TILE(tile_q5_1, legacy_dot, LZ_Q5_1)
-DEFINE_TILE(tile_q8_0, legacy_dot, LZ_Q8_0)
-DEFINE_TILE(tile_q2_k, kq_dot, LZ_Q2_K)
-DEFINE_TILE(tile_q3_k, kq_dot, LZ_Q3_K)
-DEFINE_TILE(tile_q4_k, kq_dot, LZ_Q4_K)
-DEFINE_TILE(tile_q5_k, kq_dot, LZ_Q5_K)
-DEFINE_TILE(tile_q6_k, kq_dot, LZ_Q6_K)
-
-void lz_init_rvv(lz_kernels *k) {
-    static const struct { int type; lz_tile_fn f; } t[] = {
-        {LZ_Q4_0, tile_q4_0}, {LZ_Q4_1, tile_q4_1}, {LZ_Q5_0, tile_q5_0},
-        {LZ_Q5_1, tile_q5_1}, {LZ_Q8_0, tile_q8_0}, {LZ_Q2_K, tile_q2_k},
-        {LZ_Q3_K, tile_q3_k}, {LZ_Q4_K, tile_q4_k}, {LZ_Q5_K, tile_q5_k},
-        {LZ_Q6_K, tile_q6_k},
-    };
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) k->types[t[i].type].tile = t[i].f;
-}
+void lz_init_rvv(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }

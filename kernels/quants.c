@@ -120,163 +120,62 @@ static void dequant_bf16(const void *src, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = lz_bf2f(h[i]);
 }
 
-static void dequant_q4_0(const void *src, float *y, int64_t n) {
-    const block_q4_0 *x = (const block_q4_0 *)src;
+// Legacy blocks: value = d * code (+ m).
+static inline __attribute__((always_inline)) void dequant_legacy(const int type, const void *src,
+                                                                 float *y, int64_t n) {
+    const size_t bs = type == LZ_Q4_0 ? sizeof(block_q4_0) : type == LZ_Q4_1 ? sizeof(block_q4_1)
+                    : type == LZ_Q5_0 ? sizeof(block_q5_0) : type == LZ_Q5_1 ? sizeof(block_q5_1)
+                    : sizeof(block_q8_0);
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     for (int64_t b = 0; b < n / QK; b++, y += QK) {
-        float d = lz_h2f(x[b].d);
-        for (int j = 0; j < 16; j++) {
-            y[j] = d * (float)((x[b].qs[j] & 0xf) - 8);
-            y[j + 16] = d * (float)((x[b].qs[j] >> 4) - 8);
+        const uint8_t *blk = (const uint8_t *)src + b * bs;
+        int8_t q[QK];
+        lz_legacy_codes(type, blk, q);
+        lz_half dh, mh;
+        memcpy(&dh, blk, 2);                    // every legacy block starts with d,
+        float d = lz_h2f(dh);
+        if (with_min) {                         // and Q4_1/Q5_1 follow it with m
+            memcpy(&mh, blk + 2, 2);
+            float m = lz_h2f(mh);
+            for (int j = 0; j < QK; j++) y[j] = d * (float)q[j] + m;
+        } else {
+            for (int j = 0; j < QK; j++) y[j] = d * (float)q[j];
         }
     }
 }
 
-static void dequant_q4_1(const void *src, float *y, int64_t n) {
-    const block_q4_1 *x = (const block_q4_1 *)src;
-    for (int64_t b = 0; b < n / QK; b++, y += QK) {
-        float d = lz_h2f(x[b].d), m = lz_h2f(x[b].m);
-        for (int j = 0; j < 16; j++) {
-            y[j] = d * (float)(x[b].qs[j] & 0xf) + m;
-            y[j + 16] = d * (float)(x[b].qs[j] >> 4) + m;
-        }
-    }
-}
-
-static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-
-static void dequant_q5_0(const void *src, float *y, int64_t n) {
-    const block_q5_0 *x = (const block_q5_0 *)src;
-    for (int64_t b = 0; b < n / QK; b++, y += QK) {
-        float d = lz_h2f(x[b].d);
-        uint32_t qh = load_u32(x[b].qh);
-        for (int j = 0; j < 16; j++) {
-            int lo = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            int hi = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            y[j] = d * (float)(lo - 16);
-            y[j + 16] = d * (float)(hi - 16);
-        }
-    }
-}
-
-static void dequant_q5_1(const void *src, float *y, int64_t n) {
-    const block_q5_1 *x = (const block_q5_1 *)src;
-    for (int64_t b = 0; b < n / QK; b++, y += QK) {
-        float d = lz_h2f(x[b].d), m = lz_h2f(x[b].m);
-        uint32_t qh = load_u32(x[b].qh);
-        for (int j = 0; j < 16; j++) {
-            int lo = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            int hi = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            y[j] = d * (float)lo + m;
-            y[j + 16] = d * (float)hi + m;
-        }
-    }
-}
-
-static void dequant_q8_0(const void *src, float *y, int64_t n) {
-    const block_q8_0 *x = (const block_q8_0 *)src;
-    for (int64_t b = 0; b < n / QK; b++, y += QK) {
-        float d = lz_h2f(x[b].d);
-        for (int j = 0; j < QK; j++) y[j] = d * (float)x[b].qs[j];
-    }
-}
-
-static void dequant_q2_k(const void *src, float *y, int64_t n) {
-    const block_q2_k *x = (const block_q2_k *)src;
+// K-quants: value = (d * scale) * code - dmin * minimum, per group of 16.
+static inline __attribute__((always_inline)) void dequant_kq(const int type, const void *src,
+                                                             float *y, int64_t n) {
+    const size_t bs = type == LZ_Q2_K ? sizeof(block_q2_k) : type == LZ_Q3_K ? sizeof(block_q3_k)
+                    : type == LZ_Q4_K ? sizeof(block_q4_k) : type == LZ_Q5_K ? sizeof(block_q5_k)
+                    : sizeof(block_q6_k);
     for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
-        float d = lz_h2f(x[b].d), dmin = lz_h2f(x[b].dmin);
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *q = x[b].qs + half * 32;
-            for (int j = 0; j < 4; j++) {
-                for (int l = 0; l < 32; l++) {
-                    int s = half * 8 + j * 2 + l / 16;
-                    float dl = d * (float)(x[b].scales[s] & 0xf);
-                    float ml = dmin * (float)(x[b].scales[s] >> 4);
-                    y[half * 128 + j * 32 + l] = dl * (float)((q[l] >> (2 * j)) & 3) - ml;
-                }
-            }
+        const uint8_t *blk = (const uint8_t *)src + b * bs;
+        int8_t q[QK_K];
+        lz_kq_codes(type, blk, q);
+        int sc[16], mn[16];
+        float d, dmin;
+        lz_kq_scales(type, blk, sc, mn, &d, &dmin);
+        for (int g = 0; g < 16; g++) {
+            float dl = d * (float)sc[g], ml = dmin * (float)mn[g];   // ml = 0 without minimums
+            for (int j = 0; j < 16; j++) y[g * 16 + j] = dl * (float)q[g * 16 + j] - ml;
         }
     }
 }
 
-static void dequant_q3_k(const void *src, float *y, int64_t n) {
-    const block_q3_k *x = (const block_q3_k *)src;
-    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
-        float d = lz_h2f(x[b].d);
-        int8_t sc[16];
-        lz_q3_scales(x[b].scales, sc);
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *q = x[b].qs + half * 32;
-            for (int j = 0; j < 4; j++) {
-                int bit = half * 4 + j;
-                for (int l = 0; l < 32; l++) {
-                    int v = ((q[l] >> (2 * j)) & 3) - (((x[b].hmask[l] >> bit) & 1) ? 0 : 4);
-                    float dl = d * (float)sc[half * 8 + j * 2 + l / 16];
-                    y[half * 128 + j * 32 + l] = dl * (float)v;
-                }
-            }
-        }
-    }
-}
-
-static void dequant_q4_k(const void *src, float *y, int64_t n) {
-    const block_q4_k *x = (const block_q4_k *)src;
-    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
-        float d = lz_h2f(x[b].d), dmin = lz_h2f(x[b].dmin);
-        uint8_t sc[8], mn[8];
-        lz_k_scales(x[b].scales, sc, mn);
-        for (int c = 0; c < 4; c++) {
-            const uint8_t *q = x[b].qs + c * 32;
-            float d1 = d * sc[2 * c], m1 = dmin * mn[2 * c];
-            float d2 = d * sc[2 * c + 1], m2 = dmin * mn[2 * c + 1];
-            for (int l = 0; l < 32; l++) {
-                y[c * 64 + l] = d1 * (float)(q[l] & 0xf) - m1;
-                y[c * 64 + 32 + l] = d2 * (float)(q[l] >> 4) - m2;
-            }
-        }
-    }
-}
-
-static void dequant_q5_k(const void *src, float *y, int64_t n) {
-    const block_q5_k *x = (const block_q5_k *)src;
-    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
-        float d = lz_h2f(x[b].d), dmin = lz_h2f(x[b].dmin);
-        uint8_t sc[8], mn[8];
-        lz_k_scales(x[b].scales, sc, mn);
-        for (int c = 0; c < 4; c++) {
-            const uint8_t *q = x[b].qs + c * 32;
-            float d1 = d * sc[2 * c], m1 = dmin * mn[2 * c];
-            float d2 = d * sc[2 * c + 1], m2 = dmin * mn[2 * c + 1];
-            for (int l = 0; l < 32; l++) {
-                int h1 = (x[b].qh[l] >> (2 * c)) & 1, h2 = (x[b].qh[l] >> (2 * c + 1)) & 1;
-                y[c * 64 + l] = d1 * (float)((q[l] & 0xf) | (h1 << 4)) - m1;
-                y[c * 64 + 32 + l] = d2 * (float)((q[l] >> 4) | (h2 << 4)) - m2;
-            }
-        }
-    }
-}
-
-static void dequant_q6_k(const void *src, float *y, int64_t n) {
-    const block_q6_k *x = (const block_q6_k *)src;
-    for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
-        float d = lz_h2f(x[b].d);
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = x[b].ql + half * 64, *qh = x[b].qh + half * 32;
-            const int8_t *sc = x[b].scales + half * 8;
-            float *o = y + half * 128;
-            for (int l = 0; l < 32; l++) {
-                int is = l / 16;
-                int q1 = ((ql[l] & 0xf) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                int q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                o[l] = d * (float)sc[is] * (float)q1;
-                o[l + 32] = d * (float)sc[is + 2] * (float)q2;
-                o[l + 64] = d * (float)sc[is + 4] * (float)q3;
-                o[l + 96] = d * (float)sc[is + 6] * (float)q4;
-            }
-        }
-    }
-}
+#define DEQUANT(name, fn, type) \
+    static void name(const void *src, float *y, int64_t n) { fn(type, src, y, n); }
+DEQUANT(dequant_q4_0, dequant_legacy, LZ_Q4_0)
+DEQUANT(dequant_q4_1, dequant_legacy, LZ_Q4_1)
+DEQUANT(dequant_q5_0, dequant_legacy, LZ_Q5_0)
+DEQUANT(dequant_q5_1, dequant_legacy, LZ_Q5_1)
+DEQUANT(dequant_q8_0, dequant_legacy, LZ_Q8_0)
+DEQUANT(dequant_q2_k, dequant_kq, LZ_Q2_K)
+DEQUANT(dequant_q3_k, dequant_kq, LZ_Q3_K)
+DEQUANT(dequant_q4_k, dequant_kq, LZ_Q4_K)
+DEQUANT(dequant_q5_k, dequant_kq, LZ_Q5_K)
+DEQUANT(dequant_q6_k, dequant_kq, LZ_Q6_K)
 
 void lz_dequant_row(int type, const void *src, float *dst, int64_t n) {
     if (type >= 0 && type < LZ_NTYPES && lz_k.types[type].dequant)

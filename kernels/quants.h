@@ -168,6 +168,122 @@ static inline void lz_q3_scales(const uint8_t *s, int8_t out[16]) {
     }
 }
 
+// ---------------------------------------------------------------- unpacked blocks
+// A block's integer codes in weight order, and its scales, for the code that works
+// on them one block at a time: the portable dot products (matmul.c),
+// dequantization (quants.c) and the scalar parts of the NEON and RVV files.
+
+// The 32 codes of a legacy block: value = d * code (+ m for Q4_1/Q5_1). The codes of
+// Q4_0 and Q5_0 include their offset (-8, -16).
+static inline void lz_legacy_codes(int type, const uint8_t *blk, int8_t q[QK]) {
+    if (type == LZ_Q8_0) {
+        memcpy(q, ((const block_q8_0 *)blk)->qs, QK);
+        return;
+    }
+    const uint8_t *qs;
+    uint32_t qh = 0;
+    int offset = 0;
+    if (type == LZ_Q4_0) {
+        qs = ((const block_q4_0 *)blk)->qs;
+        offset = 8;
+    } else if (type == LZ_Q4_1) {
+        qs = ((const block_q4_1 *)blk)->qs;
+    } else if (type == LZ_Q5_0) {
+        qs = ((const block_q5_0 *)blk)->qs;
+        memcpy(&qh, ((const block_q5_0 *)blk)->qh, 4);
+        offset = 16;
+    } else {
+        qs = ((const block_q5_1 *)blk)->qs;
+        memcpy(&qh, ((const block_q5_1 *)blk)->qh, 4);
+    }
+    // byte j holds weight j (low nibble) and j + 16 (high); bit j of qh is weight j's fifth
+    for (int j = 0; j < 16; j++) {
+        q[j] = (int8_t)(((qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4)) - offset);
+        q[j + 16] = (int8_t)(((qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - offset);
+    }
+}
+
+// The 256 codes of a K-quant super-block, with the offsets of Q3_K (a clear high bit
+// means -4) and Q6_K (-32) included.
+static inline void lz_kq_codes(int type, const uint8_t *blk, int8_t q[QK_K]) {
+    if (type == LZ_Q2_K || type == LZ_Q3_K) {
+        // 2-bit planes: byte l of a 128-weight half holds weights 32j + l at bits 2j
+        const uint8_t *qs = type == LZ_Q2_K ? ((const block_q2_k *)blk)->qs : ((const block_q3_k *)blk)->qs;
+        for (int half = 0; half < 2; half++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    int v = (qs[half * 32 + l] >> (2 * j)) & 3;
+                    if (type == LZ_Q3_K && !((((const block_q3_k *)blk)->hmask[l] >> (half * 4 + j)) & 1))
+                        v -= 4;
+                    q[half * 128 + j * 32 + l] = (int8_t)v;
+                }
+    } else if (type == LZ_Q4_K || type == LZ_Q5_K) {
+        // chunk c of 64: the low nibbles of 32 bytes, then their high nibbles
+        const uint8_t *qs = type == LZ_Q4_K ? ((const block_q4_k *)blk)->qs : ((const block_q5_k *)blk)->qs;
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                int lo = qs[c * 32 + l] & 0xf, hi = qs[c * 32 + l] >> 4;
+                if (type == LZ_Q5_K) {
+                    uint8_t h = ((const block_q5_k *)blk)->qh[l];
+                    lo |= ((h >> (2 * c)) & 1) << 4;
+                    hi |= ((h >> (2 * c + 1)) & 1) << 4;
+                }
+                q[c * 64 + l] = (int8_t)lo;
+                q[c * 64 + 32 + l] = (int8_t)hi;
+            }
+    } else { // Q6_K: 4 low bits in ql, 2 high bits in qh
+        const block_q6_k *b = (const block_q6_k *)blk;
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = b->ql + half * 64, *qh = b->qh + half * 32;
+            int8_t *o = q + half * 128;
+            for (int l = 0; l < 32; l++) {
+                o[l] = (int8_t)(((ql[l] & 0xf) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                o[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+        }
+    }
+}
+
+// A K-quant super-block's scale and minimum for each group of 16 weights, and its
+// d and dmin: value = d * sc[g] * code - dmin * mn[g]. Q3_K and Q6_K have no
+// minimums (mn = 0, dmin = 0).
+static inline void lz_kq_scales(int type, const uint8_t *blk, int sc[16], int mn[16], float *d,
+                                float *dmin) {
+    for (int g = 0; g < 16; g++) mn[g] = 0;
+    *dmin = 0.0f;
+    if (type == LZ_Q2_K) {   // a 4-bit scale and a 4-bit minimum per group
+        const block_q2_k *b = (const block_q2_k *)blk;
+        for (int g = 0; g < 16; g++) {
+            sc[g] = b->scales[g] & 0xf;
+            mn[g] = b->scales[g] >> 4;
+        }
+        *d = lz_h2f(b->d);
+        *dmin = lz_h2f(b->dmin);
+    } else if (type == LZ_Q3_K) {
+        const block_q3_k *b = (const block_q3_k *)blk;
+        int8_t s[16];
+        lz_q3_scales(b->scales, s);
+        for (int g = 0; g < 16; g++) sc[g] = s[g];
+        *d = lz_h2f(b->d);
+    } else if (type == LZ_Q4_K || type == LZ_Q5_K) {   // one scale and minimum per 32
+        const block_q4_k *b = (const block_q4_k *)blk;    // Q5_K starts the same way
+        uint8_t s[8], m[8];
+        lz_k_scales(b->scales, s, m);
+        for (int g = 0; g < 16; g++) {
+            sc[g] = s[g >> 1];
+            mn[g] = m[g >> 1];
+        }
+        *d = lz_h2f(b->d);
+        *dmin = lz_h2f(b->dmin);
+    } else {
+        const block_q6_k *b = (const block_q6_k *)blk;
+        for (int g = 0; g < 16; g++) sc[g] = b->scales[g];
+        *d = lz_h2f(b->d);
+    }
+}
+
 // ---------------------------------------------------------------- kernel table
 // A tile kernel computes y[t*ldy + r] = dot(weight row r, activation row t) for
 // r < nr, t < nt. Weight rows are w_stride bytes apart; activation rows (in the
