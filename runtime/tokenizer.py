@@ -96,6 +96,47 @@ def _raw_byte_text(b):
     return bytes([b]).decode("utf-8", errors="surrogateescape")
 
 
+
+def _merge_adjacent(symbols, priority):
+    """Merge adjacent symbols, best pair first, until no adjacent pair has a priority.
+
+    `priority(a, b)` is a sort key (lower merges first; ties go to the leftmost pair)
+    or None when a and b may not merge. This is the loop of llama.cpp's SPM and BPE
+    sessions: a heap of candidate pairs over a doubly linked list of symbols; an
+    entry whose sides changed since it was pushed is stale and skipped. Returns the
+    merged symbols in order.
+    """
+    n = len(symbols)                          # symbols[i] becomes "" once merged away
+    if n < 2:
+        return symbols
+    prev = list(range(-1, n - 1))
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    queue = []                                # (priority, left, right, merged text)
+
+    def try_pair(left, right):
+        if left < 0 or right < 0:
+            return
+        key = priority(symbols[left], symbols[right])
+        if key is not None:
+            heapq.heappush(queue, (key, left, right, symbols[left] + symbols[right]))
+
+    for i in range(n - 1):
+        try_pair(i, i + 1)
+    while queue:
+        _, left, right, merged = heapq.heappop(queue)
+        a, b = symbols[left], symbols[right]
+        if not a or not b or a + b != merged:
+            continue  # stale: one side was merged since
+        symbols[left] = merged
+        symbols[right] = ""
+        nxt[left] = nxt[right]
+        if nxt[right] >= 0:
+            prev[nxt[right]] = left
+        try_pair(prev[left], left)
+        try_pair(left, nxt[left])
+    return [s for s in symbols if s]
+
 class Tokenizer:
     """llama.cpp-compatible tokenizer built from GGUF metadata."""
 
@@ -402,49 +443,20 @@ class Tokenizer:
 
     def _spm_merge(self, text):
         """llm_tokenizer_spm_session: merge the best-scoring adjacent pair until none is a token."""
-        if not text:
-            return []
         token_to_id, scores = self.token_to_id, self.scores
-        symbols = list(text)                  # the text of each symbol; "" once merged away
-        n = len(symbols)
-        prev = list(range(-1, n - 1))
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        queue = []                            # (-score, left, size, right)
 
-        def try_pair(left, right):
-            if left < 0 or right < 0:
-                return
-            merged = symbols[left] + symbols[right]
-            token_id = token_to_id.get(merged)
-            if token_id is not None:
-                heapq.heappush(queue, (-scores[token_id], left, len(merged), right))
+        def priority(a, b):                    # the higher score merges first
+            token_id = token_to_id.get(a + b)
+            return None if token_id is None else -scores[token_id]
 
-        for i in range(n - 1):
-            try_pair(i, i + 1)
-        while queue:
-            _, left, size, right = heapq.heappop(queue)
-            a, b = symbols[left], symbols[right]
-            if not a or not b or len(a) + len(b) != size:
-                continue  # stale: one side was merged since
-            symbols[left] = a + b
-            symbols[right] = ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prev[nxt[right]] = left
-            try_pair(prev[left], left)
-            try_pair(left, nxt[left])
-
+        symbols = _merge_adjacent(list(text), priority)
         out = []
-        i = 0
-        while i != -1:
-            piece = symbols[i]
+        for piece in symbols:
             token_id = token_to_id.get(piece)
             if token_id is not None:
                 out.append(token_id)
             else:
                 out.extend(self._byte_ids[b] for b in piece.encode("utf-8"))
-            i = nxt[i]
         return out
 
     # BPE
@@ -477,38 +489,12 @@ class Tokenizer:
     def _bpe_merge(self, spelled):
         """llm_tokenizer_bpe_session: merge the lowest-ranked adjacent pair (leftmost
         among equals) until no adjacent pair has a merge rule."""
-        symbols = list(spelled)               # the text of each symbol; "" once merged away
-        n = len(symbols)
-        if n < 2:
-            return symbols
         ranks = self.bpe_ranks
-        prev = list(range(-1, n - 1))
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        queue = []                            # (rank, left, right, merged text)
 
-        def try_pair(left, right):
-            if left < 0 or right < 0:
-                return
-            rank = ranks.get(symbols[left] + " " + symbols[right])
-            if rank is not None:
-                heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
+        def priority(a, b):                    # the lowest rank merges first
+            return ranks.get(a + " " + b)
 
-        for i in range(n - 1):
-            try_pair(i, i + 1)
-        while queue:
-            _, left, right, merged = heapq.heappop(queue)
-            a, b = symbols[left], symbols[right]
-            if not a or not b or a + b != merged:
-                continue  # stale: one side was merged since
-            symbols[left] = merged
-            symbols[right] = ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prev[nxt[right]] = left
-            try_pair(prev[left], left)
-            try_pair(left, nxt[left])
-        return [s for s in symbols if s]
+        return _merge_adjacent(list(spelled), priority)
 
     # ---- decoding ----
 
