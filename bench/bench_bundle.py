@@ -21,6 +21,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tests.procfs import status_fields  # noqa: E402
+
 PROMPT = "Once upon a time,"
 
 
@@ -30,19 +32,6 @@ def _children(pid):
             return [int(c) for c in f.read().split()]
     except OSError:
         return []
-
-
-def _memory(pid):
-    fields = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("RssAnon", "RssFile"):
-                    fields[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return fields
 
 
 def first_token_seconds(cmd):
@@ -55,7 +44,7 @@ def first_token_seconds(cmd):
     while proc.poll() is None:
         # The native launcher's bootloader runs the program in a child process.
         for pid in [proc.pid] + _children(proc.pid):
-            for key, value in _memory(pid).items():
+            for key, value in status_fields(pid, peak).items():
                 peak[key] = max(peak[key], value)
         time.sleep(0.01)
     proc.stdout.read()

@@ -15,7 +15,6 @@ Needs numpy (for making random test weights only) and the built kernels.
 """
 
 import argparse
-import ctypes
 import os
 import sys
 import time

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +13,39 @@ import urllib.error
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def send_raw(port, head, body=b"", timeout=120):
+    """Connect to the server on loopback and send an HTTP request as raw bytes: `head`
+    (request line and headers, each ending in CRLF; Content-Length is added when there
+    is a body) and `body`. Returns the open socket."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if body:
+        head += b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+    conn.sendall(head + b"\r\n" + body)
+    return conn
+
+
+def read_until_closed(conn):
+    """Everything the server sends until it closes the connection."""
+    raw = b""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        raw += data
+    conn.close()
+    return raw
+
+
+def read_events(conn, count):
+    """Read a streamed reply until `count` SSE events ("data: ") have arrived."""
+    got = b""
+    while got.count(b"data: ") < count:
+        data = conn.recv(4096)
+        assert data, "the stream ended early"
+        got += data
+    return got
 
 
 class ServerProcess:

@@ -6,7 +6,6 @@ quantizations of random normals; K-quants (which gguf.quants only dequantizes) a
 random blocks with sane f16 scale fields, which exercises every bit of the layout.
 """
 
-import io
 import os
 
 import numpy as np

@@ -16,6 +16,7 @@ import zipfile
 import pytest
 
 from tests import models, synthetic
+from tests.procfs import status_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSROOTS = os.path.join(models.CACHE, "sysroots")
@@ -420,19 +421,6 @@ def test_full_or_read_only_disk(spm_model, tmp_path, options, fragment):
 
 # --- memory and start-up ---------------------------------------------------------
 
-def _sample_status(pid):
-    fields = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("RssAnon", "RssFile", "VmRSS"):
-                    fields[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return fields
-
-
 def test_weights_stay_in_the_page_cache(smol_bundle):
     """After generating, the weights are file-backed (RssFile), not copied (RssAnon)."""
     model_size = json.loads(zipfile.ZipFile(smol_bundle).read("manifest.json"))["model"]["size"]
@@ -443,7 +431,7 @@ def test_weights_stay_in_the_page_cache(smol_bundle):
     while proc.poll() is None:
         # The sh launcher execs python3, so the pid stays the same.
         python_pid = proc.pid
-        sample = _sample_status(python_pid)
+        sample = status_fields(python_pid, ("RssAnon", "RssFile", "VmRSS"))
         if sample.get("RssFile", 0) >= peak.get("RssFile", 0):
             peak = sample
         time.sleep(0.02)

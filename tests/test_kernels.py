@@ -17,7 +17,6 @@ Tolerances:
   difference in a score can flip one f16 rounding, so 4e-3 of the largest |v|.
 """
 
-import ctypes
 import importlib.util
 import math
 import os

@@ -2,7 +2,6 @@
 client, raw HTTP, and hostile requests. One server (4 slots) serves the whole module."""
 
 import json
-import os
 import random
 import socket
 import threading
@@ -12,7 +11,7 @@ import pytest
 
 from runtime.json_constraint import validate
 from tests.models import smollm2
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, read_events, read_until_closed, send_raw
 
 openai = pytest.importorskip("openai")
 
@@ -176,19 +175,11 @@ def test_completion_endpoint(server):
 
 
 def test_completion_endpoint_streamed(server):
-    conn = socket.create_connection(("127.0.0.1", server.port), timeout=120)
     body = json.dumps({"prompt": "Hello", "n_predict": 3, "stream": True, "temperature": 0,
                        "return_tokens": True}).encode()
-    conn.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                 + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-    raw = b""
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            break
-        raw += data
-    conn.close()
+    conn = send_raw(server.port, b"POST /completion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                    + KEY.encode() + b"\r\nContent-Type: application/json\r\n", body)
+    raw = read_until_closed(conn)
     head, _, events = raw.partition(b"\r\n\r\n")
     assert b"text/event-stream" in head
     chunks = [json.loads(line[6:]) for line in events.decode().split("\n") if line.startswith("data: ")]
@@ -247,17 +238,11 @@ def test_load_8_clients(server):
 
 def test_disconnect_frees_slot(server):
     before = server.metric("client_disconnects_total")
-    conn = socket.create_connection(("127.0.0.1", server.port), timeout=120)
     body = json.dumps({"messages": [{"role": "user", "content": "Tell me a long story."}],
                        "max_tokens": 400, "stream": True}).encode()
-    conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                 + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
-                 + b"\r\n\r\n" + body)
-    got = b""
-    while got.count(b"data: ") < 3:      # the role chunk and two pieces of text
-        data = conn.recv(4096)
-        assert data, "the stream ended early"
-        got += data
+    conn = send_raw(server.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Authorization: Bearer " + KEY.encode() + b"\r\n", body)
+    read_events(conn, 3)                 # the role chunk and two pieces of text
     conn.close()
     t0 = time.monotonic()
     slots = wait_idle(server, 30)

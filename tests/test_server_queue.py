@@ -1,25 +1,18 @@
 """Slots and the wait queue: one slot, room for one waiting request, then 503."""
 
 import json
-import socket
 import threading
 import time
 
 from tests.models import smollm2
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, read_events, read_until_closed, send_raw
 
 
 def open_stream(port, max_tokens):
-    conn = socket.create_connection(("127.0.0.1", port), timeout=120)
     body = json.dumps({"prompt": "Once upon a time", "max_tokens": max_tokens,
                        "stream": True, "temperature": 0.8}).encode()
-    conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-    got = b""
-    while got.count(b"data: ") < 2:
-        data = conn.recv(4096)
-        assert data, "the stream ended early"
-        got += data
+    conn = send_raw(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n", body)
+    read_events(conn, 2)
     return conn
 
 
@@ -46,16 +39,9 @@ def test_queue_then_503_and_cors_off():
         assert status == 200 and body["choices"][0]["text"] is not None
         assert srv.metric("client_disconnects_total") == 1
         # CORS is off unless --cors is given.
-        conn = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n"
-                     b"Connection: close\r\n\r\n")
-        reply = b""
-        while True:
-            data = conn.recv(4096)
-            if not data:
-                break
-            reply += data
-        conn.close()
+        conn = send_raw(srv.port, b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                        b"Origin: http://evil.example\r\nConnection: close\r\n", timeout=10)
+        reply = read_until_closed(conn)
         assert b" 200 " in reply.split(b"\r\n")[0]
         assert b"access-control-allow-origin" not in reply.lower()
     finally:
