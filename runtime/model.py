@@ -228,7 +228,7 @@ class Model:
                 raise UserError(f"{pos + 1} tokens do not fit in the context of {self.n_ctx}")
 
         def attend(q, k, v, i):
-            rope, scale, window = self.attention_params(q, i)
+            rope, scale, window = self.attention_params(i)
             b.rope_rows(q, positions, cfg.n_heads, cfg.head_dim, rope)
             b.rope_rows(k, positions, cfg.n_kv_heads, cfg.head_dim, rope)
             scale = self.scale_queries(q, scale)
@@ -283,14 +283,14 @@ class Model:
     def rope_attend(self, q, k, v, i, pos0, cache):
         """Rotate q and k for positions pos0.. and attend over `cache` (layer i)."""
         cfg, b = self.config, self.backend
-        rope, scale, window = self.attention_params(q, i)
+        rope, scale, window = self.attention_params(i)
         b.rope(q, pos0, cfg.n_heads, cfg.head_dim, rope)
         b.rope(k, pos0, cfg.n_kv_heads, cfg.head_dim, rope)
         scale = self.scale_queries(q, scale)
         return b.attention(q, k, v, cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
                            cfg.head_dim, scale, window)
 
-    def attention_params(self, q, i):
+    def attention_params(self, i):
         """Layer i's rope, score scale and window (local layers slide, global ones don't)."""
         cfg = self.config
         local = cfg.layer_is_local(i)

@@ -96,7 +96,6 @@ def _raw_byte_text(b):
     return bytes([b]).decode("utf-8", errors="surrogateescape")
 
 
-
 def _merge_adjacent(symbols, priority):
     """Merge adjacent symbols, best pair first, until no adjacent pair has a priority.
 
