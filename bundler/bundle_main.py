@@ -91,8 +91,8 @@ def main():
         archive = sys.argv[0]
         zip_file = zipfile.ZipFile(archive)
     sys.meta_path.insert(0, BundleImporter(archive, zip_file))
-    from runtime.archive import run_bundle
-    return run_bundle(archive, sys.argv[1:], zip_file)
+    from runtime.cli import main as run_command_line
+    return run_command_line(sys.argv[1:], bundle=(archive, zip_file))
 
 
 sys.exit(main())

@@ -168,16 +168,10 @@ def verify_bundle(path):
     return 0
 
 
-def run_bundle(path, argv, zip_file=None):
-    """Entry point of a bundle (called by its __main__.py): defaults, model region, run."""
+def open_current(path, argv, zip_file=None):
+    """Open the bundle this process runs from (for current()); returns the arguments
+    to run with (its .args merged with `argv`) and the model's region."""
     global _current
-    from runtime.cli import main
-    try:
-        bundle = Bundle(path, zip_file)
-        _current = bundle
-        args = merge_args(bundle.default_args(), argv)
-        region = bundle.model_region()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return main(args, model_region=region)
+    bundle = Bundle(path, zip_file)
+    _current = bundle
+    return merge_args(bundle.default_args(), argv), bundle.model_region()

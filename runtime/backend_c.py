@@ -193,13 +193,13 @@ class KVCache:
 class CBackend:
     name = "c"
 
-    def __init__(self, n_threads=None, variant=None):
+    def __init__(self, n_threads=1, variant=None):
         if variant is not None:
             self.kernels = kernels.load_variant(kernels.machine_arch(), variant)
         else:
             self.kernels = kernels.load()
         self.lib = self.kernels.lib
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = max(1, n_threads)
         self.lib.lz_set_threads(self.n_threads)
         self._rope_inv = {}     # id(RopeParams) -> (params, c_double array)
         self._rope_table = {}   # id(RopeParams) -> (params, pos0, n, c_float array)

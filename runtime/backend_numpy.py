@@ -345,7 +345,7 @@ class _NumpyLogits:
 class NumpyBackend:
     name = "numpy"
 
-    def __init__(self, n_threads=None):
+    def __init__(self, n_threads=1):
         self.n_threads = n_threads
 
     def describe(self):

@@ -78,25 +78,6 @@ def build_parser():
     return p
 
 
-def load_backend(name, n_threads):
-    """The C kernels when they load here; the NumPy oracle as the fallback."""
-    reason = "not tried (--backend numpy)"
-    if name in ("auto", "c"):
-        try:
-            from runtime.backend_c import CBackend
-            return CBackend(n_threads=n_threads)
-        except (ImportError, OSError, UserError) as e:
-            if name == "c":
-                raise UserError(f"the C kernels cannot be used here: {e}") from None
-            reason = str(e)
-    try:
-        from runtime.backend_numpy import NumpyBackend
-    except ImportError:
-        raise UserError(f"no compute backend: the C kernels failed ({reason}) and numpy is "
-                        "not installed; build the kernels with `python kernels/build.py`") from None
-    return NumpyBackend(n_threads=n_threads)
-
-
 def read_prompt(args):
     if args.file:
         try:
@@ -112,40 +93,24 @@ def read_prompt(args):
     return args.prompt
 
 
-def open_model(args, model_region=None):
-    """Parse the GGUF (a file, or a region of the bundle) and build tokenizer and model."""
-    from runtime.gguf import GGUFFile
-    if model_region is not None:
-        path, offset, length = model_region
-        gguf = GGUFFile.open(path, offset, length)
-    else:
-        if not args.model:
-            raise UserError("no model given; pass -m MODEL.gguf")
-        gguf = GGUFFile.open(args.model)
-    return gguf
+def session_for(args, gguf, n_ctx=None):
+    """The loader's Session for these flags; `n_ctx` overrides -c (perplexity, bench)."""
+    from runtime.loader import load_session
+    return load_session(gguf, backend=args.backend, threads=args.threads,
+                        n_ctx=args.ctx_size if n_ctx is None else n_ctx,
+                        batch_size=args.batch_size, verbose=args.verbose)
 
 
-def make_session(args, gguf):
-    from runtime.model import Config, Model
-    from runtime.session import Session
-    from runtime.tokenizer import Tokenizer
-    Config(gguf)  # unsupported architectures fail before any heavy work
-    tokenizer = Tokenizer.from_gguf(gguf)
-    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
-    backend = load_backend(args.backend, threads)
-    if args.verbose:
-        print(f"backend: {backend.describe()}", file=sys.stderr)
-    model = Model(gguf, backend, n_ctx=args.ctx_size)
-    return Session(model, tokenizer, batch_size=args.batch_size)
+def print_timings(session):
+    t = session.timings
+    print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_per_second:.1f} t/s; "
+          f"generation: {t.generated_tokens} tokens, {t.generate_per_second:.1f} t/s",
+          file=sys.stderr)
 
 
 def sampling_params(args):
     from runtime.sampling import SamplingParams
-    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                          min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                          repeat_last_n=args.repeat_last_n,
-                          presence_penalty=args.presence_penalty,
-                          frequency_penalty=args.frequency_penalty, seed=args.seed)
+    return SamplingParams.from_flags(args)
 
 
 def cmd_tokenize(args, gguf):
@@ -164,8 +129,7 @@ def cmd_perplexity(args, gguf):
     if text is None:
         raise UserError("--perplexity needs -f FILE")
     n_ctx = args.ctx_size or 512
-    args.ctx_size = n_ctx
-    session = make_session(args, gguf)
+    session = session_for(args, gguf, n_ctx)
     ppl, err = perplexity(session, text, n_ctx)
     print(f"PPL = {ppl:.4f} +/- {err:.4f}")
     return 0
@@ -199,18 +163,15 @@ def cmd_complete(args, gguf):
     prompt = read_prompt(args)
     if prompt is None:
         raise UserError("no prompt; pass -p TEXT or -f FILE")
-    session = make_session(args, gguf)
+    session = session_for(args, gguf)
     tokens = session.tokenizer.encode(prompt, add_special=True, parse_special=True)
     out = sys.stdout
     for piece in session.generate(tokens, sampling_params(args), args.n_predict, args.stop):
         out.write(piece)
         out.flush()
     out.write("\n")
-    t = session.timings
     if args.verbose:
-        print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_per_second:.1f} t/s; "
-              f"generation: {t.generated_tokens} tokens, {t.generate_per_second:.1f} t/s",
-              file=sys.stderr)
+        print_timings(session)
     return 0
 
 
@@ -227,17 +188,14 @@ def cmd_chat(args, gguf):
     if text is not None:
         text = text.rstrip("\r\n")   # `echo`'s and editors' final newline is not the message
     fmt = load_chat_format(gguf, args.chat_template)
-    session = make_session(args, gguf)
+    session = session_for(args, gguf)
     conversation = Conversation(fmt, session.tokenizer, args.system_prompt)
     turns = ChatTurns(session, conversation, sampling_params(args), args.n_predict, args.stop)
     if interactive:
         return Repl(turns, gguf.get("general.name") or "").run()
     one_turn(turns, text)
     if args.verbose:
-        t = session.timings
-        print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_per_second:.1f} t/s; "
-              f"generation: {t.generated_tokens} tokens, {t.generate_per_second:.1f} t/s",
-              file=sys.stderr)
+        print_timings(session)
     return 0
 
 
@@ -253,24 +211,29 @@ def cmd_bench(args, gguf):
         raise UserError("with --bench, -p is the number of prompt tokens (e.g. -p 128)")
     n_prompt = int(prompt)
     n_gen = args.n_predict if args.n_predict >= 0 else 64
-    args.ctx_size = args.ctx_size or max(n_prompt, n_gen, 1)
-    session = make_session(args, gguf)
-    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
+    session = session_for(args, gguf, args.ctx_size or max(n_prompt, n_gen, 1))
     run_bench(session.model, n_prompt, n_gen, max(1, args.repetitions), args.batch_size,
-              threads, args.json, model_name=os.path.basename(gguf.source))
+              session.model.backend.n_threads, args.json, model_name=os.path.basename(gguf.source))
     return 0
 
 
-def run(argv=None, model_region=None):
+def run(argv=None, bundle=None):
+    """Run the command line; inside a bundle, `bundle` is (path, open ZipFile or None)
+    and its stored arguments and model come first."""
+    model_region = None
+    if bundle is not None:
+        from runtime.archive import open_current
+        argv, model_region = open_current(bundle[0], argv, bundle[1])
     args = build_parser().parse_args(argv)
     if args.verify:  # before parsing the model, which may be the damaged part
         from runtime.archive import verify_bundle
         return verify_bundle(model_region[0] if model_region else args.model)
-    gguf = open_model(args, model_region)
+    from runtime.loader import open_gguf
+    gguf = open_gguf(args.model, model_region)
     if args.tokenize:
         return cmd_tokenize(args, gguf)
     if args.server:
-        from runtime.server import serve
+        from runtime.server.http import serve
         return serve(args, gguf)
     if args.info:
         return cmd_info(args, gguf)
@@ -283,9 +246,9 @@ def run(argv=None, model_region=None):
     return cmd_complete(args, gguf)
 
 
-def main(argv=None, model_region=None):
+def main(argv=None, bundle=None):
     try:
-        return exit_code_of(run, argv, model_region)
+        return exit_code_of(run, argv, bundle)
     except BrokenPipeError:
         # The reader went away (`| head`): not an error worth a traceback.
         try:

@@ -53,6 +53,14 @@ class SamplingParams:
         self.frequency_penalty = frequency_penalty
         self.seed = seed
 
+    @classmethod
+    def from_flags(cls, flags):
+        """The command line's sampling flags (llama.cpp's names: temp, top_k, ...)."""
+        return cls(temperature=flags.temp, top_k=flags.top_k, top_p=flags.top_p,
+                   min_p=flags.min_p, repeat_penalty=flags.repeat_penalty,
+                   repeat_last_n=flags.repeat_last_n, presence_penalty=flags.presence_penalty,
+                   frequency_penalty=flags.frequency_penalty, seed=flags.seed)
+
     @property
     def penalised(self):
         return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0

@@ -1,0 +1,61 @@
+"""The server's state, shared by all request threads: the engine once the model is
+loaded, the chat format, the sampling defaults, the API keys and the metrics."""
+
+import os
+import sys
+import time
+
+from runtime.errors import UserError
+from runtime.server.engine import Engine
+from runtime.server.errors import ApiError
+from runtime.server.metrics import Metrics
+
+
+class App:
+    """State shared by all request threads."""
+
+    def __init__(self, args):
+        self.args = args
+        self.api_keys = []
+        self.cors = args.cors
+        self.timeout = args.timeout
+        self.engine = None          # set once the model is loaded
+        self.chat_format = None
+        self.model_name = "model"
+        self.metrics = Metrics()
+        self.load_error = None
+        self.chat_error = None
+        self.created = int(time.time())
+        self.verbose = args.verbose
+
+    def load(self, gguf):
+        """Build tokenizer, model, slots; warm the weights so the first request is quick."""
+        from runtime.chat import load_chat_format
+        from runtime.loader import load_session
+        from runtime.sampling import SamplingParams
+        args = self.args
+        loaded = load_session(gguf, backend=args.backend, threads=args.threads,
+                              n_ctx=args.ctx_size, batch_size=args.batch_size)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        try:
+            self.chat_format = load_chat_format(gguf, getattr(args, "chat_template", None))
+        except UserError as e:
+            # Completions still work; chat requests say why they cannot.
+            self.chat_error = str(e)
+            print(f"warning: {e}", file=sys.stderr, flush=True)
+        self.defaults = SamplingParams.from_flags(args)
+        engine = Engine(model, tokenizer, max(1, args.parallel), max(0, args.queue),
+                        batch_size=args.batch_size)
+        warm = engine.slots[0].session
+        warm.eval([tokenizer.bos_id if tokenizer.bos_id is not None else 0])
+        warm.reset()
+        name = gguf.get("general.name") or os.path.basename(str(gguf.source))
+        self.model_name = str(name)
+        self.engine = engine
+
+    def ready(self):
+        if self.load_error is not None:
+            raise ApiError(503, f"the model failed to load: {self.load_error}")
+        if self.engine is None:
+            raise ApiError(503, "Loading model", code="loading")
+        return self.engine

@@ -1,0 +1,343 @@
+"""`--server`: an HTTP server with OpenAI's API, llama.cpp's endpoints and a chat page.
+
+Everything is the standard library: ThreadingHTTPServer gives each connection a
+thread, and each request holds one of N slots (runtime/server/engine.py) while it
+generates. Requests beyond the slots wait in a bounded queue; past it they get 503.
+
+This layer is the HTTP plumbing only: reading bodies, API keys, CORS, routing,
+server-sent events. The endpoints are in api.py and embeddings.py. Errors come back
+in OpenAI's JSON shape with the right status, never as a traceback.
+"""
+
+import hmac
+import json
+import os
+import pkgutil
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from runtime.errors import UserError
+from runtime.server import api
+from runtime.server.app import App
+from runtime.server.embeddings import embeddings
+from runtime.server.errors import ApiError, ClientGone
+
+MAX_BODY = 8 << 20          # bytes of request body we read; larger is 413
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "llamazip"
+    sys_version = ""
+
+    @property
+    def app(self):
+        return self.server.app
+
+    def setup(self):
+        super().setup()
+        # Slow or silent clients give up their thread after this long.
+        self.connection.settimeout(self.server.app.timeout)
+
+    def log_message(self, fmt, *args):
+        if self.app.verbose:
+            sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+
+    # ---- plumbing ----
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, headers too long, unknown
+        method) as JSON too."""
+        if code == 501:
+            code = 405      # a method we do not know
+        elif code >= 500:
+            code = 400      # 505: an HTTP version we do not speak
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"   # a garbled request line: still answer with headers
+        self.close_connection = True
+        try:
+            self.send_json(code, ApiError(code, message or "bad request").body())
+        except OSError:
+            pass
+
+    def send_json(self, status, obj, extra_headers=()):
+        body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra_headers:
+            self.send_header(k, v)
+        self._cors_headers()
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.app.metrics.count_request(status)
+
+    def send_text(self, status, text, content_type):
+        body = text if isinstance(text, bytes) else text.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self._cors_headers()
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.app.metrics.count_request(status)
+
+    def _cors_headers(self):
+        if self.app.cors:
+            self.send_header("Access-Control-Allow-Origin", self.app.cors)
+            self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+
+    def start_events(self):
+        self._streaming = True      # errors from here on go out as an event
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self._cors_headers()
+        self.end_headers()
+        self.close_connection = True    # the stream ends when we close
+        self.app.metrics.count_request(200)
+
+    def send_event(self, obj):
+        data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+        try:
+            self.wfile.write(b"data: " + data.encode("utf-8") + b"\n\n")
+            self.wfile.flush()
+        except (OSError, ValueError):
+            raise ClientGone() from None
+
+    def client_gone(self):
+        """Whether the peer has closed: readable with nothing to read."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if readable:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+        return False
+
+    def read_json(self):
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            self.close_connection = True
+            raise ApiError(411, "send the body with a Content-Length")
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            self.close_connection = True
+            raise ApiError(400, "Content-Length is not a number") from None
+        if length < 0:
+            self.close_connection = True
+            raise ApiError(400, "Content-Length is negative")
+        if length > MAX_BODY:
+            self.close_connection = True    # we do not read it, so the connection is spent
+            raise ApiError(413, f"the request body is {length} bytes; the limit is {MAX_BODY}")
+        self._body_read = True
+        try:
+            data = self.rfile.read(length) if length else b""
+        except socket.timeout:
+            self.close_connection = True
+            raise ApiError(408, "timed out reading the request body") from None
+        if len(data) < length:
+            self.close_connection = True
+            raise ClientGone()
+        if not data:
+            raise ApiError(400, "the request has no JSON body")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ApiError(400, f"the request body is not UTF-8 (byte {e.start})") from None
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return body
+
+    def check_key(self):
+        keys = self.app.api_keys
+        if not keys:
+            return
+        auth = self.headers.get("Authorization") or ""
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+            raise ApiError(401, "invalid or missing API key; send 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+
+    # ---- dispatch ----
+
+    ROUTES = {
+        ("GET", "/"): "page", ("GET", "/index.html"): "page",
+        ("GET", "/health"): "health", ("GET", "/v1/health"): "health",
+        ("GET", "/v1/models"): "models", ("GET", "/models"): "models",
+        ("GET", "/metrics"): "metrics",
+        ("GET", "/slots"): "slots",
+        ("GET", "/props"): "props",
+        ("POST", "/v1/chat/completions"): "chat", ("POST", "/chat/completions"): "chat",
+        ("POST", "/v1/completions"): "openai_completion",
+        ("POST", "/completion"): "completion", ("POST", "/completions"): "completion",
+        ("POST", "/v1/embeddings"): "embeddings", ("POST", "/embeddings"): "embeddings",
+        ("POST", "/embedding"): "embeddings",
+        ("POST", "/tokenize"): "tokenize", ("POST", "/detokenize"): "detokenize",
+    }
+    OPEN = ("page", "health")      # no API key needed
+    ENDPOINTS = {"page": lambda app, http: http.send_page(),
+                 "health": api.health, "models": api.models, "metrics": api.metrics,
+                 "slots": api.slots, "props": api.props, "chat": api.chat,
+                 "openai_completion": api.openai_completion, "completion": api.completion,
+                 "embeddings": embeddings, "tokenize": api.tokenize,
+                 "detokenize": api.detokenize}
+
+    def dispatch(self):
+        path = self.path.split("?", 1)[0]
+        if len(path) > 1:
+            path = path.rstrip("/")
+        method = "GET" if self.command == "HEAD" else self.command
+        try:
+            if method == "OPTIONS":
+                self.send_response(204)
+                self._cors_headers()
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            name = self.ROUTES.get((method, path))
+            if name is None:
+                if any(p == path for _, p in self.ROUTES):
+                    raise ApiError(405, f"{self.command} is not allowed on {path}")
+                raise ApiError(404, f"no such endpoint: {path}")
+            if name not in self.OPEN:
+                self.check_key()
+            self.ENDPOINTS[name](self.app, self)
+        except ApiError as e:
+            if e.status == 503 and e.code == "server_busy":
+                self.app.metrics.count_rejected_busy()
+            self._reply_error(e)
+        except ClientGone:
+            self.close_connection = True
+        except UserError as e:
+            self._reply_error(ApiError(400, str(e)))
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+        except Exception as e:     # a bug of ours: say so in JSON, keep serving
+            if self.app.verbose:
+                import traceback
+                traceback.print_exc()
+            self._reply_error(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
+
+    def _reply_error(self, e):
+        if not getattr(self, "_body_read", False) and self.headers.get("Content-Length", "0") != "0":
+            self.close_connection = True    # the unread body must not be taken for a request
+        if getattr(self, "_streaming", False):
+            try:
+                self.send_event({"error": e.body()["error"]})
+            except ClientGone:
+                pass
+            return
+        try:
+            self.send_json(e.status, e.body())
+        except OSError:
+            self.close_connection = True
+
+    do_GET = do_POST = do_HEAD = do_OPTIONS = do_PUT = do_DELETE = do_PATCH = dispatch
+
+    def send_page(self):
+        page = pkgutil.get_data("runtime", "web/index.html")
+        self.send_text(200, page, "text/html; charset=utf-8")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def handle_error(self, request, client_address):
+        # A connection that broke mid-request: nothing to tell anyone.
+        if self.app.verbose:
+            super().handle_error(request, client_address)
+
+
+def read_api_keys(args):
+    keys = []
+    if args.api_key:
+        keys.append(args.api_key)
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                keys += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read --api-key-file {args.api_key_file}: {e}") from None
+        if not keys:
+            raise UserError(f"--api-key-file {args.api_key_file} holds no key")
+    return keys
+
+
+def serve(args, gguf):
+    """Listen, load the model in the background (/health says 503 meanwhile), serve
+    until SIGINT or SIGTERM."""
+    app = App(args)
+    app.api_keys = read_api_keys(args)
+    try:
+        httpd = Server((args.host, args.port), Handler)
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    httpd.app = app
+    host, port = httpd.server_address[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{shown}:{port}/"
+    print(f"llamazip: listening on {url} (loading the model)", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                     name="http", daemon=True).start()
+
+    def load():
+        try:
+            app.load(gguf)
+        except UserError as e:
+            app.load_error = str(e)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            stop.set()
+            return
+        except Exception as e:
+            app.load_error = f"{type(e).__name__}: {e}"
+            print(f"error: the model failed to load: {app.load_error}", file=sys.stderr,
+                  flush=True)
+            stop.set()
+            return
+        print(f"llamazip: ready, {len(app.engine.slots)} slots, context {app.engine.n_ctx}, "
+              f"model {app.model_name}; open {url}", file=sys.stderr, flush=True)
+        if not args.nobrowser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            import webbrowser
+            webbrowser.open(url)
+
+    threading.Thread(target=load, name="load", daemon=True).start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("llamazip: shutting down", file=sys.stderr, flush=True)
+        if app.engine is not None:
+            app.engine.stop()
+            deadline = time.monotonic() + 5
+            while any(s.busy for s in app.engine.slots) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        httpd.shutdown()
+        httpd.server_close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return 2 if app.load_error else 0
