@@ -5,16 +5,18 @@
 // strides (counted in elements); weights are raw GGUF tensor bytes, in place.
 // Errors are negative return values, never aborts.
 //
-// Version 2 (1 plus lz_rope_table_at and lz_attention_rows):
+// Version 3 (2 less lz_mul_rows, lz_argmax, lz_set_spin_ns, lz_h2f_row, lz_f2h_row;
+// the runtime calls only the positions forms of rope and attention, the others
+// serve kernels/test_driver.c):
 //   int  lz_abi_version(void)
 //   const char *lz_variant(void)            "generic", "avx2", "avx512", "neon", ...
-//   void lz_set_threads(int n); int lz_get_threads(void); void lz_set_spin_ns(int64_t)
+//   void lz_set_threads(int n); int lz_get_threads(void)
 //   int  lz_type_supported(int type)
 //   int  lz_matmul(type, w, rows, k, x, ldx, n, y, ldy)   y[t][r] = W[r,:] . x[t,:]
 //   void lz_dequantize(type, src, dst, n)
 //   int  lz_quantize_act(type, x, out, k)      the activation row as the dot sees it (tests)
 //   void lz_embed(type, table, n, ids, n_ids, out)
-//   void lz_rmsnorm(x, y, count, w, group, eps); lz_mul_rows; lz_add; lz_add_bias; lz_scale
+//   void lz_rmsnorm(x, y, count, w, group, eps); lz_add; lz_add_bias; lz_scale
 //   void lz_rope_table(cs, pos0, n_tokens, inv_freq, half); lz_rope(x, n_tokens, ldx, ...)
 //   int  lz_attention(q, ldq, k, v, ldkv, kc, vc, n_tokens, pos0, n_heads, n_kv_heads,
 //                     head_dim, scale, window, out, ldo)
@@ -22,10 +24,9 @@
 //   int  lz_attention_rows(q, ldq, k, v, ldkv, k_bases, v_bases, layer_off, positions,
 //                          n_rows, n_heads, n_kv_heads, head_dim, scale, window, out, ldo)
 //                                            one step of n_rows sequences, each its own cache
-//   void lz_swiglu(g, u, out, n); lz_geglu(g, u, out, n); int64_t lz_argmax(x, n)
+//   void lz_swiglu(g, u, out, n); lz_geglu(g, u, out, n)
 //   int64_t lz_topk(x, n, k, idx, val)           the k largest entries, largest first
 //   double lz_logprob(x, n, target)              log softmax(x)[target]
-//   void lz_h2f_row / lz_f2h_row (f16 <-> f32)
 //   uint64_t lz_stream_read(buf, nbytes)     read a buffer with all threads (benchmarks)
 #include "ops.h"
 #include "quants.h"
@@ -52,11 +53,10 @@ __attribute__((constructor)) static void lz_init(void) {
     lz_k.name = LZ_VARIANT;
 }
 
-LZ_API int lz_abi_version(void) { return 2; }
+LZ_API int lz_abi_version(void) { return 3; }
 LZ_API const char *lz_variant(void) { return lz_k.name; }
 LZ_API void lz_set_threads(int n) { lz_pool_set_threads(n); }
 LZ_API int lz_get_threads(void) { return lz_pool_threads(); }
-LZ_API void lz_set_spin_ns(int64_t ns) { lz_pool_set_spin(ns); }
 
 LZ_API int lz_type_supported(int type) {
     return type >= 0 && type < LZ_NTYPES && lz_k.types[type].tile != 0;

@@ -18,21 +18,9 @@
 #include <arm_neon.h>
 #endif
 
-// ---------------------------------------------------------------- f16 rows
+// ---------------------------------------------------------------- f16 rows (the KV cache)
 
-void lz_h2f_row(const lz_half *src, float *dst, int64_t n) {
-    int64_t i = 0;
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-#elif defined(__aarch64__)
-    for (; i + 4 <= n; i += 4)
-        vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
-#endif
-    for (; i < n; i++) dst[i] = lz_h2f(src[i]);
-}
-
-void lz_f2h_row(const float *src, lz_half *dst, int64_t n) {
+static void f2h_row(const float *src, lz_half *dst, int64_t n) {
     int64_t i = 0;
 #if defined(__F16C__)
     for (; i + 8 <= n; i += 8)
@@ -97,11 +85,6 @@ void lz_rmsnorm(const float *x, float *y, int64_t count, const float *w, int64_t
     }
 }
 
-void lz_mul_rows(float *x, int64_t count, const float *w, int64_t group) {
-    for (int64_t c = 0; c < count; c += group)
-        for (int64_t i = 0; i < group; i++) x[c + i] *= w[i];
-}
-
 void lz_add(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
@@ -128,13 +111,6 @@ void lz_geglu(const float *g, const float *u, float *out, int64_t n) {
         float y = c * (v + 0.044715f * v * v * v);
         out[i] = v / (1.0f + lz_expf(-2.0f * y)) * u[i];
     }
-}
-
-int64_t lz_argmax(const float *x, int64_t n) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
 }
 
 // The k largest entries of x, largest first (ties: lower index first), into
@@ -483,8 +459,8 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
     if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads) return -1;
     int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
     for (int64_t i = 0; i < n_tokens; i++) {
-        lz_f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
-        lz_f2h_row(v + i * ldkv, vc + (pos0 + i) * kv_dim, kv_dim);
+        f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
+        f2h_row(v + i * ldkv, vc + (pos0 + i) * kv_dim, kv_dim);
     }
     attn_job j = {0};
     j.q = q; j.ldq = ldq; j.kc = kc; j.vc = vc; j.kv_dim = kv_dim;
@@ -510,8 +486,8 @@ int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *
     for (int64_t i = 0; i < n_rows; i++) {
         kcs[i] = k_bases[i] + layer_off;
         vcs[i] = v_bases[i] + layer_off;
-        lz_f2h_row(k + i * ldkv, kcs[i] + positions[i] * kv_dim, kv_dim);
-        lz_f2h_row(v + i * ldkv, vcs[i] + positions[i] * kv_dim, kv_dim);
+        f2h_row(k + i * ldkv, kcs[i] + positions[i] * kv_dim, kv_dim);
+        f2h_row(v + i * ldkv, vcs[i] + positions[i] * kv_dim, kv_dim);
         if (positions[i] > max_pos) max_pos = positions[i];
     }
     attn_job j = {0};

@@ -6,17 +6,13 @@
 
 // Every function here is part of the exported ABI (see api.c).
 
-LZ_API void lz_h2f_row(const lz_half *src, float *dst, int64_t n);
-LZ_API void lz_f2h_row(const float *src, lz_half *dst, int64_t n);
 LZ_API void lz_rmsnorm(const float *x, float *y, int64_t count, const float *w, int64_t group, float eps);
-LZ_API void lz_mul_rows(float *x, int64_t count, const float *w, int64_t group);
 LZ_API void lz_add(float *x, const float *y, int64_t n);
 LZ_API void lz_add_bias(float *x, int64_t rows, int64_t n, const float *b);
 LZ_API void lz_scale(float *x, int64_t n, float s);
 LZ_API void lz_swiglu(const float *g, const float *u, float *out, int64_t n);
 LZ_API void lz_geglu(const float *g, const float *u, float *out, int64_t n);
 LZ_API double lz_logprob(const float *x, int64_t n, int64_t target);
-LZ_API int64_t lz_argmax(const float *x, int64_t n);
 LZ_API int64_t lz_topk(const float *x, int64_t n, int64_t k, int64_t *idx, float *val);
 LZ_API void lz_embed(int type, const void *table, int64_t n, const int32_t *ids, int64_t n_ids, float *out);
 LZ_API void lz_rope_table(float *cs, int64_t pos0, int64_t n_tokens, const double *inv_freq, int half);

@@ -137,7 +137,6 @@ void lz_pool_set_threads(int n) {
 
 int lz_pool_threads(void) { return pool.n; }
 
-void lz_pool_set_spin(int64_t ns) { pool.spin_ns = ns < 0 ? 0 : ns; }
 
 void lz_pool_run(lz_job_fn fn, void *arg) {
     pthread_mutex_lock(&pool.run_mu);

@@ -8,7 +8,6 @@ typedef void (*lz_job_fn)(void *arg, int ith, int nth);
 
 void lz_pool_set_threads(int n);
 int lz_pool_threads(void);
-void lz_pool_set_spin(int64_t ns);
 void lz_pool_run(lz_job_fn fn, void *arg);
 
 #endif

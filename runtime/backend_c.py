@@ -1,21 +1,21 @@
-"""C backend: the interface of runtime/backend_numpy.py over our C kernels.
+"""C backend: the interface of runtime/backend.py over our C kernels.
 
 No numpy on this path: activations live in ctypes float buffers, weights are read
 in place from the map by address, and every op is one call into the kernel library
 (runtime/kernels.py picks and loads it). Calls are plain C, so ctypes releases the
 GIL while they run; the library has its own thread pool.
 
-Numerics are the oracle's (see backend_numpy's docstring): activations quantized
-per weight type before the dot products, an f16 KV cache, online softmax with an
-f16 value accumulator.
+Numerics are the ones runtime/backend.py sets out, as the NumPy oracle computes
+them: activations quantized per weight type before the dot products, an f16 KV
+cache, online softmax with an f16 value accumulator.
 """
 
 import ctypes
 import mmap
-import os
 
 from runtime import ggml_types as T
 from runtime import kernels
+from runtime.backend import Backend
 
 _F32 = ctypes.c_float
 _SIZEOF_F32 = 4
@@ -190,7 +190,7 @@ class KVCache:
         return self.k_addr + off, self.v_addr + off
 
 
-class CBackend:
+class CBackend(Backend):
     name = "c"
 
     def __init__(self, n_threads=1, variant=None):
@@ -202,7 +202,7 @@ class CBackend:
         self.n_threads = max(1, n_threads)
         self.lib.lz_set_threads(self.n_threads)
         self._rope_inv = {}     # id(RopeParams) -> (params, c_double array)
-        self._rope_table = {}   # id(RopeParams) -> (params, pos0, n, c_float array)
+        self._rope_table = {}   # id(RopeParams) -> (params, positions, c_float array)
 
     def describe(self):
         k = self.kernels
@@ -260,11 +260,6 @@ class CBackend:
     def logits_row(self, x, row):
         return _Logits(self.lib, x, row)
 
-    def argmax_rows(self, x):
-        am = self.lib.lz_argmax
-        stride = x.cols * _SIZEOF_F32
-        return [am(x.addr + i * stride, x.cols) for i in range(x.rows)]
-
     # ------------------------------------------------------------ ops
 
     def matmul(self, x, w):
@@ -297,15 +292,10 @@ class CBackend:
         self.lib.lz_scale(x.addr, x.size, s)
         return x
 
-    def mul_rows(self, x, w):
-        self.lib.lz_mul_rows(x.addr, x.size, w.floats(self.lib), w.shape[0])
-        return x
-
-    def _rope_cs(self, rope, pos0, n, positions=None):
-        """cos/sin table for positions pos0..pos0+n (or the given list), shared by q and
-        k of every layer."""
+    def _rope_cs(self, rope, positions):
+        """cos/sin table for these positions, shared by q and k of every layer."""
         key = id(rope)
-        where = (pos0, n) if positions is None else tuple(positions)
+        where = tuple(positions)
         hit = self._rope_table.get(key)
         if hit is not None and hit[0] is rope and hit[1] == where:
             return hit[2]
@@ -315,26 +305,17 @@ class CBackend:
             inv = (rope, (ctypes.c_double * len(freqs))(*freqs))
             self._rope_inv[key] = inv
         half = rope.n_rot // 2
+        n = len(where)
         cs = (_F32 * max(1, n * half * 2))()
-        if positions is None:
-            self.lib.lz_rope_table(cs, pos0, n, inv[1], half)
-        else:
-            at = (ctypes.c_int64 * n)(*positions)
-            self.lib.lz_rope_table_at(cs, at, n, inv[1], half)
+        at = (ctypes.c_int64 * n)(*where)
+        self.lib.lz_rope_table_at(cs, at, n, inv[1], half)
         if rope.attn_factor != 1.0:   # LongRoPE: cos and sin times the factor, in f32
             self.lib.lz_scale(cs, n * half * 2, rope.attn_factor)
         self._rope_table[key] = (rope, where, cs)
         return cs
 
-    def rope(self, x, pos0, n_heads, head_dim, rope):
-        cs = self._rope_cs(rope, pos0, x.rows)
-        self.lib.lz_rope(x.addr, x.rows, x.cols, n_heads, head_dim, rope.n_rot,
-                         1 if rope.neox else 0, cs)
-        return x
-
-    def rope_rows(self, x, positions, n_heads, head_dim, rope):
-        """rope for rows at arbitrary positions (one decoding step of several sequences)."""
-        cs = self._rope_cs(rope, 0, x.rows, positions)
+    def rope(self, x, positions, n_heads, head_dim, rope):
+        cs = self._rope_cs(rope, positions)
         self.lib.lz_rope(x.addr, x.rows, x.cols, n_heads, head_dim, rope.n_rot,
                          1 if rope.neox else 0, cs)
         return x
@@ -342,37 +323,21 @@ class CBackend:
     def kv_cache(self, n_layers, n_ctx, kv_dim):
         return KVCache(n_layers, n_ctx, kv_dim)
 
-    def attention(self, q, k, v, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale,
-                  window=0):
-        n = q.rows
-        if pos0 + n > cache.n_ctx:
-            raise ValueError(f"attention: positions {pos0}..{pos0 + n} exceed the cache "
-                             f"of {cache.n_ctx}")
-        kc, vc = cache.layer_addrs(layer)
-        out = Tensor(n, n_heads * head_dim)
-        rc = self.lib.lz_attention(q.addr, q.cols, k.addr, v.addr, k.cols, kc, vc, n, pos0,
-                                   n_heads, n_kv_heads, head_dim, scale, window, out.addr,
-                                   out.cols)
-        if rc != 0:
-            raise RuntimeError(f"lz_attention failed ({rc})")
-        return out
-
-    def attention_rows(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
-                       scale, window=0):
-        """Row r is the token at positions[r] of the sequence cached in caches[r]."""
+    def attention(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
+                  scale, window=0):
         n = q.rows
         for pos, cache in zip(positions, caches):
-            if pos >= cache.n_ctx or cache.kv_dim != caches[0].kv_dim \
+            if not 0 <= pos < cache.n_ctx or cache.kv_dim != caches[0].kv_dim \
                     or cache.n_ctx != caches[0].n_ctx:
-                raise ValueError(f"attention_rows: position {pos} or cache shape out of range")
+                raise ValueError(f"attention: position {pos} or cache shape out of range")
         first = caches[0]
         layer_off = layer * first.n_ctx * first.kv_dim     # in f16 elements
         k_bases = (ctypes.c_void_p * n)(*[c.k_addr for c in caches])
         v_bases = (ctypes.c_void_p * n)(*[c.v_addr for c in caches])
         at = (ctypes.c_int64 * n)(*positions)
         out = Tensor(n, n_heads * head_dim)
-        rc = self.lib.lz_attention_rows(q.addr, q.cols, k.addr, v.addr, k.cols, k_bases, v_bases,
-                                        layer_off, at, n, n_heads, n_kv_heads, head_dim, scale,
+        rc = self.lib.lz_attention_rows(q.addr, q.cols, k.addr, v.addr, k.cols, k_bases,
+                                        v_bases, layer_off, at, n, n_heads, n_kv_heads, head_dim, scale,
                                         window, out.addr, out.cols)
         if rc != 0:
             raise RuntimeError(f"lz_attention_rows failed ({rc})")

@@ -1,62 +1,7 @@
 """NumPy backend: the oracle every other backend is tested against.
 
-It defines the backend interface the model is written on. A backend owns two
-kinds of values:
-
-- weight handles, from `weight(gguf, name)`: a tensor of the GGUF, still quantized,
-  read in place from the map. `handle.shape` is the ggml shape (shape[0] is the row
-  length), `handle.type` the ggml type id.
-- activations: float32 matrices [rows, cols], one row per token. Ops that say
-  "in place" modify their first argument and return it.
-
-Operations (all a backend must provide):
-    weight(gguf, name) -> W
-    embed(W, ids) -> X[len(ids), W.shape[0]]            rows of W, dequantized
-    rmsnorm(X, w, eps) -> Y                              every len(w)-chunk of each row
-                                                         normalised, times w (F32); w=None: no weight
-    matmul(X, W) -> Y[rows, W.shape[1]]                  Y = X @ W.T (W dequantized)
-    add(X, Y) -> X                                       in place X += Y
-    add_bias(X, b) -> X                                  in place, b (F32 W) added to every row
-    scale(X, s) -> X                                     in place X *= s
-    mul_rows(X, w) -> X                                  in place, every len(w)-chunk times w
-    rope(X, pos0, n_heads, head_dim, rope) -> X          in place; row i sits at position pos0+i;
-                                                         `rope` is a RopeParams (cos and sin
-                                                         rounded to f32, then times its
-                                                         attn_factor in f32, as ggml does)
-    rope_rows(X, positions, n_heads, head_dim, rope) -> X    the same, row i at positions[i]
-    kv_cache(n_layers, n_ctx, kv_dim) -> cache           keys and values, all layers
-    attention(Q, K, V, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0)
-        -> O[rows, n_heads*head_dim]                     stores K, V at positions pos0.. of
-                                                         `layer`, then causal attention of each
-                                                         query row over positions 0..pos0+i
-                                                         (only the last `window` when window>0)
-    attention_rows(Q, K, V, caches, layer, positions, n_heads, n_kv_heads, head_dim, scale,
-                   window=0) -> O                        one decoding step of several sequences:
-                                                         row i is at positions[i] of caches[i]
-    swiglu(G, U) -> Y                                    silu(G) * U
-    geglu(G, U) -> Y                                     gelu_tanh(G) * U
-    take_rows(X, start, stop) -> X[start:stop]
-    take_cols(X, start, stop) -> X[:, start:stop]        columns start..stop-1 of every row
-                                                         (splits fused q|k|v and gate|up
-                                                         outputs); like take_rows it may
-                                                         share memory with X
-    to_floats(X) -> list of rows, each a sequence of floats (for tests and tools)
-    logits_row(X, row) -> logits for sampling: len, [i], iteration, and top(k) ->
-                          [(logit, id)] of the k largest, largest first, ties to lower id
-    argmax_rows(X) -> list[int]
-    logprobs_rows(X, targets) -> list[float]             log softmax(row i)[targets[i]] for
-                                                         each row (perplexity)
-
-Numerics every backend must reproduce (they are llama.cpp's, and greedy decoding
-matches llama.cpp token for token only with them; see quantize_activations and
-attention below):
-- matmul quantizes the activations first, per weight type: Q8_0-style blocks of 32
-  (f16 scale, roundf) for Q4_0/Q5_0/Q8_0, Q8_1-style for Q4_1/Q5_1, Q8_K-style blocks
-  of 256 (f32 scale = max/-127 of the signed extreme, round-half-even) for K-quants,
-  f16 for F16 weights, bf16 for BF16, none for F32;
-- the KV cache holds f16; attention rounds queries to f16, computes f32 scores,
-  and runs an online softmax over keys in order, accumulating values in an f16
-  vector (scale by exp(m_old - m_new) rounded to f16, then add v*w rounded to f16).
+It implements runtime/backend.py's interface with the numerics written there, as
+plainly as NumPy allows (quantize_activations, the online softmax of attention).
 """
 
 import math
@@ -64,9 +9,8 @@ import math
 import numpy as np
 
 from runtime import ggml_types as T
-
-
-from runtime.rope import RopeParams  # noqa: E402,F401  (re-exported; the model imports it from runtime.rope)
+from runtime.backend import Backend
+from runtime.rope import RopeParams  # noqa: F401  (re-exported for the tests)
 
 
 # ---------------------------------------------------------------- dequantization
@@ -342,7 +286,7 @@ class _NumpyLogits:
         return [(float(self.values[i]), int(i)) for i in ids]
 
 
-class NumpyBackend:
+class NumpyBackend(Backend):
     name = "numpy"
 
     def __init__(self, n_threads=1):
@@ -388,15 +332,10 @@ class NumpyBackend:
         x *= np.float32(s)
         return x
 
-    def mul_rows(self, x, w):
-        v = w.values()
-        x.reshape(-1, v.shape[0])[:] *= v
-        return x
-
-    def rope(self, x, pos0, n_heads, head_dim, rope):
+    def rope(self, x, positions, n_heads, head_dim, rope):
         n = x.shape[0]
         inv = np.array(rope.inv_freq(), np.float64)
-        pos = np.arange(pos0, pos0 + n, dtype=np.float64)[:, None]
+        pos = np.asarray(positions, dtype=np.float64)[:, None]
         theta = pos * inv[None, :]                      # [n, n_rot/2]
         cos = np.cos(theta).astype(np.float32)[:, None, :]
         sin = np.sin(theta).astype(np.float32)[:, None, :]
@@ -417,26 +356,26 @@ class NumpyBackend:
             heads[:, :, 1:rope.n_rot:2] = a * sin + b * cos
         return x
 
-    def rope_rows(self, x, positions, n_heads, head_dim, rope):
-        """rope for rows at arbitrary positions (one decoding step of several sequences)."""
-        for r, pos in enumerate(positions):
-            self.rope(x[r:r + 1], pos, n_heads, head_dim, rope)
-        return x
-
     def kv_cache(self, n_layers, n_ctx, kv_dim):
         return KVCache(n_layers, n_ctx, kv_dim)
 
-    def attention_rows(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
-                       scale, window=0):
-        """Row r is the token at positions[r] of the sequence cached in caches[r]."""
-        return np.concatenate([
-            self.attention(q[r:r + 1], k[r:r + 1], v[r:r + 1], cache, layer, pos, n_heads,
-                           n_kv_heads, head_dim, scale, window)
-            for r, (cache, pos) in enumerate(zip(caches, positions))], axis=0)
+    def attention(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
+                  scale, window=0):
+        """Rows that continue one another in one cache (a prompt) go together."""
+        runs, start = [], 0
+        for r in range(1, len(positions) + 1):
+            if r == len(positions) or caches[r] is not caches[start] \
+                    or positions[r] != positions[r - 1] + 1:
+                runs.append(self._attend_run(q[start:r], k[start:r], v[start:r], caches[start],
+                                             layer, positions[start], n_heads, n_kv_heads,
+                                             head_dim, scale, window))
+                start = r
+        return runs[0] if len(runs) == 1 else np.concatenate(runs, axis=0)
 
-    def attention(self, q, k, v, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale,
-                  window=0):
-        """Flash attention as llama.cpp's CPU backend computes it.
+    def _attend_run(self, q, k, v, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale,
+                    window):
+        """Rows at positions pos0.. of one cache: flash attention as llama.cpp's CPU
+        backend computes it.
 
         Queries are rounded to f16 like the f16 cache; scores are f32; a running
         (online) softmax visits keys in order and accumulates values in f16.
@@ -511,6 +450,3 @@ class NumpyBackend:
 
     def logits_row(self, x, row):
         return _NumpyLogits(x[row])
-
-    def argmax_rows(self, x):
-        return [int(i) for i in np.argmax(x, axis=1)]

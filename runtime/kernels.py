@@ -52,7 +52,7 @@ REQUIRES = {
     ("riscv64", "rvv"): {"v"},
 }
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _AT_HWCAP = 16
 # aarch64 AT_HWCAP bits (Linux arch/arm64/include/uapi/asm/hwcap.h)
@@ -220,7 +220,6 @@ def _open_bytes(data, arch, variant):
 
 # ---------------------------------------------------------------- the ABI
 
-_c = ctypes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F = ctypes.c_float
@@ -231,32 +230,24 @@ SIGNATURES = {
     "lz_variant": (ctypes.c_char_p, []),
     "lz_set_threads": (None, [_INT]),
     "lz_get_threads": (_INT, []),
-    "lz_set_spin_ns": (None, [_I64]),
     "lz_type_supported": (_INT, [_INT]),
     "lz_matmul": (_INT, [_INT, _P, _I64, _I64, _P, _I64, _I64, _P, _I64]),
     "lz_dequantize": (None, [_INT, _P, _P, _I64]),
     "lz_quantize_act": (_INT, [_INT, _P, _P, _I64]),
     "lz_embed": (None, [_INT, _P, _I64, _P, _I64, _P]),
     "lz_rmsnorm": (None, [_P, _P, _I64, _P, _I64, _F]),
-    "lz_mul_rows": (None, [_P, _I64, _P, _I64]),
     "lz_add": (None, [_P, _P, _I64]),
     "lz_add_bias": (None, [_P, _I64, _I64, _P]),
     "lz_scale": (None, [_P, _I64, _F]),
     "lz_swiglu": (None, [_P, _P, _P, _I64]),
     "lz_geglu": (None, [_P, _P, _P, _I64]),
-    "lz_argmax": (_I64, [_P, _I64]),
     "lz_topk": (_I64, [_P, _I64, _I64, _P, _P]),
     "lz_logprob": (ctypes.c_double, [_P, _I64, _I64]),
-    "lz_rope_table": (None, [_P, _I64, _I64, _P, _INT]),
     "lz_rope": (None, [_P, _I64, _I64, _INT, _INT, _INT, _INT, _P]),
-    "lz_attention": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _INT, _INT, _INT, _F,
-                            _I64, _P, _I64]),
     "lz_rope_table_at": (None, [_P, _P, _I64, _P, _INT]),
     "lz_attention_rows": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _P, _I64, _INT, _INT,
                                  _INT, _F, _I64, _P, _I64]),
-    "lz_h2f_row": (None, [_P, _P, _I64]),
     "lz_stream_read": (ctypes.c_uint64, [_P, _I64]),
-    "lz_f2h_row": (None, [_P, _P, _I64]),
 }
 
 

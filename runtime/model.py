@@ -206,11 +206,8 @@ class Model:
         if pos0 + len(tokens) > self.n_ctx:
             raise UserError(f"{pos0 + len(tokens)} tokens do not fit in the context of "
                             f"{self.n_ctx}; raise -c or shorten the prompt")
-
-        def attend(q, k, v, i):
-            return self.rope_attend(q, k, v, i, pos0, self.cache)
-
-        x = self.decoder(tokens, attend)
+        positions = range(pos0, pos0 + len(tokens))
+        x = self.decoder(tokens, positions, [self.cache] * len(tokens))
         if last_only:
             x = b.take_rows(x, len(tokens) - 1, len(tokens))
         x = b.rmsnorm(x, self.output_norm, cfg.eps)
@@ -226,29 +223,20 @@ class Model:
         for pos, cache in zip(positions, caches):
             if pos + 1 > self.n_ctx:
                 raise UserError(f"{pos + 1} tokens do not fit in the context of {self.n_ctx}")
-
-        def attend(q, k, v, i):
-            rope, scale, window = self.attention_params(i)
-            b.rope_rows(q, positions, cfg.n_heads, cfg.head_dim, rope)
-            b.rope_rows(k, positions, cfg.n_kv_heads, cfg.head_dim, rope)
-            scale = self.scale_queries(q, scale)
-            return b.attention_rows(q, k, v, caches, i, positions, cfg.n_heads, cfg.n_kv_heads,
-                                    cfg.head_dim, scale, window)
-
-        x = self.decoder(tokens, attend)
+        x = self.decoder(tokens, positions, caches)
         x = b.rmsnorm(x, self.output_norm, cfg.eps)
         return b.matmul(x, self.output)
 
-    def decoder(self, tokens, attend):
-        """The residual stream after every block; `attend(q, k, v, layer)` is the
-        part that depends on where the rows sit (positions and caches)."""
+    def decoder(self, tokens, positions, caches):
+        """The residual stream after every block; row i sits at positions[i] of
+        caches[i]."""
         cfg, b = self.config, self.backend
         x = b.embed(self.tok_embd, tokens)
         if cfg.embed_scale != 1.0:
             b.scale(x, cfg.embed_scale)
         for i, layer in enumerate(self.layers):
             h = b.rmsnorm(x, layer.attn_norm, cfg.eps)
-            h = self.attention(h, layer, i, attend)
+            h = self.attention(h, layer, i, positions, caches)
             if layer.attn_post_norm is not None:
                 h = b.rmsnorm(h, layer.attn_post_norm, cfg.eps)
             b.add(x, h)
@@ -259,7 +247,7 @@ class Model:
             b.add(x, h)
         return x
 
-    def attention(self, h, layer, i, attend):
+    def attention(self, h, layer, i, positions, caches):
         cfg, b = self.config, self.backend
         if layer.wqkv is not None:
             q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
@@ -278,16 +266,16 @@ class Model:
         if layer.q_norm is not None:
             q = b.rmsnorm(q, layer.q_norm, cfg.eps)
             k = b.rmsnorm(k, layer.k_norm, cfg.eps)
-        return b.matmul(attend(q, k, v, i), layer.wo)
+        return b.matmul(self.attend(q, k, v, i, positions, caches), layer.wo)
 
-    def rope_attend(self, q, k, v, i, pos0, cache):
-        """Rotate q and k for positions pos0.. and attend over `cache` (layer i)."""
+    def attend(self, q, k, v, i, positions, caches):
+        """Rotate q and k for their positions and attend over their caches (layer i)."""
         cfg, b = self.config, self.backend
         rope, scale, window = self.attention_params(i)
-        b.rope(q, pos0, cfg.n_heads, cfg.head_dim, rope)
-        b.rope(k, pos0, cfg.n_kv_heads, cfg.head_dim, rope)
+        b.rope(q, positions, cfg.n_heads, cfg.head_dim, rope)
+        b.rope(k, positions, cfg.n_kv_heads, cfg.head_dim, rope)
         scale = self.scale_queries(q, scale)
-        return b.attention(q, k, v, cache, i, pos0, cfg.n_heads, cfg.n_kv_heads,
+        return b.attention(q, k, v, caches, i, positions, cfg.n_heads, cfg.n_kv_heads,
                            cfg.head_dim, scale, window)
 
     def attention_params(self, i):

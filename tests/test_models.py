@@ -176,12 +176,12 @@ def test_rope_attention_factor_scales_rotated_dims():
     from runtime.rope import RopeParams
     x = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     plain, scaled = RopeParams(8, neox=True), RopeParams(8, neox=True, attn_factor=1.5)
-    a = NumpyBackend().rope(x.copy(), 5, 2, 8, plain)
-    b = NumpyBackend().rope(x.copy(), 5, 2, 8, scaled)
+    a = NumpyBackend().rope(x.copy(), range(5, 8), 2, 8, plain)
+    b = NumpyBackend().rope(x.copy(), range(5, 8), 2, 8, scaled)
     np.testing.assert_allclose(b, a * np.float32(1.5), rtol=1e-6, atol=1e-5)
     c = CBackend(n_threads=1)
     xc = c.tensor(3, 16, x.reshape(-1).tolist())
-    np.testing.assert_allclose(np.array(c.rope(xc, 5, 2, 8, scaled)), b, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(np.array(c.rope(xc, range(5, 8), 2, 8, scaled)), b, rtol=1e-6, atol=1e-5)
 
 
 def test_take_cols_in_both_backends():
