@@ -1,5 +1,5 @@
 """Build a bundle: launcher + ZIP (model first, 64 KiB aligned; runtime; kernels;
-jinja2; tokenizer.model for SPM models; .args; manifest.json last).
+jinja2; .args; manifest.json last).
 
 Nothing is written until the model has passed the runtime's own checks, and the
 output appears only when complete: we write a temporary file beside it and rename.
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from bundler import inputs, launcher, spm
+from bundler import inputs, launcher
 from bundler.zipwriter import ZipWriter
 from runtime import __version__ as RUNTIME_VERSION
 from runtime.archive import ARGS_MEMBER, MANIFEST_MEMBER
@@ -218,8 +218,6 @@ def build(model=None, output=None, launcher_kind="portable", arches=ARCHES, args
         members = runtime_members() + vendored_members()
         kernels, kernel_table = kernel_members(arches)
         members += kernels
-        if spm.is_spm(gguf):
-            members.append(("tokenizer.model", spm.model_proto(gguf)))
         gguf._region.close()
         if args_bytes is not None:
             members.append((ARGS_MEMBER, args_bytes))

@@ -170,8 +170,9 @@ def dev_library_path(arch, variant):
 def library_bytes(arch, variant):
     """The bytes of kernels/<arch>/<variant>.so, from the bundle or the dev tree.
 
-    Returns (data, path): `path` is a file that can be opened in place (dev tree),
-    else None. Raises FileNotFoundError naming what is missing.
+    Returns (data, None) from a bundle, or (None, path) in the dev tree, where the
+    file is opened in place and never read here. Raises FileNotFoundError naming
+    what is missing.
     """
     loader = _zip_loader()
     if loader is not None:
@@ -184,8 +185,7 @@ def library_bytes(arch, variant):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{os.path.relpath(path, _dev_root())} is missing; "
                                 "build the kernels with `python kernels/build.py`")
-    with open(path, "rb") as f:
-        return f.read(), path
+    return None, path
 
 
 def _open_bytes(data, arch, variant):

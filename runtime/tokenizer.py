@@ -87,8 +87,6 @@ def _bytes_to_unicode():
 
 BYTE_TO_CHAR = _bytes_to_unicode()
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-# bytes.decode("latin-1").translate(_BYTE_ENCODE) spells bytes the GPT-2 way
-_BYTE_ENCODE = {b: c for b, c in BYTE_TO_CHAR.items()}
 
 
 def _raw_byte_text(b):
@@ -242,7 +240,6 @@ class Tokenizer:
         metadata = gguf if isinstance(gguf, dict) else gguf.metadata
         return cls(metadata)
 
-    from_metadata = from_gguf
 
     # ---- special tokens, as llama.cpp finds them ----
 
@@ -327,9 +324,6 @@ class Tokenizer:
     def is_control(self, token_id):
         return bool(self.attrs[token_id] & ATTR_CONTROL)
 
-    def is_eog(self, token_id):
-        return token_id in self.eog_ids
-
     # ---- encoding ----
 
     def _partition(self, text, parse_special):
@@ -413,7 +407,7 @@ class Tokenizer:
 
     def _spm_encode(self, text):
         """SPM ids of escaped text, word by word when no token can span two words."""
-        if self._spm_inner_space is None or len(self._spm_inner_space) > 64:
+        if len(self._spm_inner_space) > 64:
             return self._spm_merge(text)
         # A word is a run of ▁ and the characters after it. A boundary before a
         # ▁ is safe unless a token with an inner ▁ occurs across it.
@@ -464,7 +458,7 @@ class Tokenizer:
         ids = self._word_cache.get(word)
         if ids is not None:
             return ids
-        spelled = word.encode("utf-8").decode("latin-1").translate(_BYTE_ENCODE)
+        spelled = word.encode("utf-8").decode("latin-1").translate(BYTE_TO_CHAR)
         token_to_id = self.token_to_id
         if self.ignore_merges and spelled in token_to_id:
             ids = [token_to_id[spelled]]

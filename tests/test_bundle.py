@@ -166,9 +166,9 @@ def test_layout_and_manifest(spm_bundle, spm_model):
     names = bundle.names()
     for member in ("__main__.py", "runtime/cli.py", "runtime/archive.py", "jinja2/__init__.py",
                    "markupsafe/__init__.py", "kernels/x86_64/generic.so",
-                   "kernels/aarch64/neon.so", "kernels/riscv64/rvv.so", "tokenizer.model",
-                   "manifest.json"):
+                   "kernels/aarch64/neon.so", "kernels/riscv64/rvv.so", "manifest.json"):
         assert member in names
+    assert "tokenizer.model" not in names   # nothing reads it
     assert not [n for n in names if n.endswith((".so", ".pyd")) and n.startswith("markupsafe")]
     manifest = bundle.manifest()
     assert manifest["model"]["data_offset"] == offset
@@ -228,14 +228,14 @@ def test_merge_args():
     assert merge_args(["-a", "...", "-b"], ["-p", "x"]) == ["-a", "-p", "x", "-b"]
 
 
-def test_spm_tokenizer_model_gives_the_runtime_ids(spm_bundle, spm_model):
+def test_spm_tokenizer_model_gives_the_runtime_ids(spm_model):
     spm = pytest.importorskip("sentencepiece")
     from runtime.gguf import GGUFFile
     from runtime.tokenizer import Tokenizer
-    with zipfile.ZipFile(spm_bundle) as zf:
-        proto = zf.read("tokenizer.model")
-    sp = spm.SentencePieceProcessor(model_proto=proto)
-    tok = Tokenizer.from_gguf(GGUFFile.open(spm_model))
+    from tests.spm_proto import model_proto
+    gguf = GGUFFile.open(spm_model)
+    sp = spm.SentencePieceProcessor(model_proto=model_proto(gguf))
+    tok = Tokenizer.from_gguf(gguf)
     texts = ["Hello world", "The GNU General Public License is a free, copyleft license.",
              "  two  spaces and\ttabs\nnewlines", "numbers 1234567 and symbols #@$%^&*()",
              "unicode: héllo wörld, 日本語, emoji 🦙", ""]

@@ -445,7 +445,9 @@ def test_load_from_bytes_memfd_and_cache(built, monkeypatch, tmp_path):
     if HOST not in kernels.VARIANTS:
         pytest.skip("no kernels for this host")
     variant = kernels.VARIANTS[HOST][0]
-    data, _ = kernels.library_bytes(HOST, variant)
+    _, path = kernels.library_bytes(HOST, variant)   # the dev tree: a path, not bytes
+    with open(path, "rb") as f:
+        data = f.read()
     lib, source = kernels._open_bytes(data, HOST, variant)
     assert source == "memfd"
     assert lib.lz_abi_version() == kernels.ABI_VERSION

@@ -1,8 +1,7 @@
-"""A SentencePiece `tokenizer.model` rebuilt from a GGUF's SPM vocabulary.
-
-Bundles of SPM models (tokenizer.ggml.model == "llama") carry one so that tools that
-speak SentencePiece get the same token ids as the runtime. The file is SentencePiece's
-protobuf ModelProto, written by hand (no protobuf dependency):
+"""A SentencePiece `tokenizer.model` rebuilt from a GGUF's SPM vocabulary: the
+oracle for the runtime's SPM tokenizer (sentencepiece must give the same ids).
+The file is SentencePiece's protobuf ModelProto, written by hand (no protobuf
+dependency):
 
   ModelProto      1: pieces (repeated SentencePiece)  2: trainer_spec  3: normalizer_spec
   SentencePiece   1: piece (string)  2: score (float)  3: type (NORMAL=1 UNKNOWN=2
