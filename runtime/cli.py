@@ -72,7 +72,22 @@ def build_parser():
     server.add_argument("--queue", type=int, default=16,
                         help="requests that may wait for a slot; beyond that, 503")
     server.add_argument("-to", "--timeout", type=float, default=600,
-                        help="seconds a client may stay silent while sending a request")
+                        help="seconds a client may stay silent (sending a request, reading "
+                             "a reply, or idle between requests)")
+    server.add_argument("--threads-http", type=int, default=-1,
+                        help="workers answering requests (default -1: slots + queue + 4); "
+                             "/health, /metrics, /slots have 4 of their own")
+    server.add_argument("--max-connections", type=int, default=-1,
+                        help="open connections at most; past it the longest-idle one is "
+                             "closed (default -1: what the open-file limit allows)")
+    server.add_argument("--drain-timeout", type=float, default=30,
+                        help="on SIGTERM, seconds the requests in flight may take to finish "
+                             "(default 30)")
+    server.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=False,
+                        help="serve Prometheus metrics on /metrics (off unless given, as "
+                             "llama-server)")
+    server.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
+                        help="serve the slots' state on /slots")
     server.add_argument("--nobrowser", action="store_true",
                         help="do not open the chat page in a browser")
     return p

@@ -23,7 +23,7 @@ N_CTX = 512
 @pytest.fixture(scope="module")
 def server():
     srv = ServerProcess(smollm2(), "-c", str(N_CTX), "-np", str(N_SLOTS), "--queue", "8",
-                        "--timeout", "3", api_key=KEY)
+                        "--metrics", "--timeout", "3", api_key=KEY)
     yield srv
     assert srv.stop() == 0, "".join(srv.log)        # SIGTERM shuts down cleanly
 

@@ -17,7 +17,7 @@ def open_stream(port, max_tokens):
 
 
 def test_queue_then_503_and_cors_off():
-    srv = ServerProcess(smollm2(), "-c", "128", "-np", "1", "--queue", "1")
+    srv = ServerProcess(smollm2(), "-c", "128", "-np", "1", "--queue", "1", "--metrics")
     try:
         streaming = open_stream(srv.port, 100)        # holds the only slot
         waited = {}

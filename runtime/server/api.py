@@ -27,11 +27,18 @@ def models(app, http):
 
 
 def metrics(app, http):
+    if not app.args.metrics:
+        raise ApiError(501, "This server does not support metrics endpoint. Start it with "
+                            "`--metrics`", code="not_supported")
     http.send_text(200, app.metrics.render(app.engine),
-                   "text/plain; version=0.0.4; charset=utf-8")
+                   "text/plain; version=0.0.4; charset=utf-8",
+                   extra_headers=[("Process-Start-Time-Unix", str(app.created))])
 
 
 def slots(app, http):
+    if not app.args.slots:
+        raise ApiError(501, "This server does not support slots endpoint. Start it with "
+                            "`--slots`", code="not_supported")
     engine = app.ready()
     http.send_json(200, [s.describe() for s in engine.slots])
 

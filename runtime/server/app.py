@@ -24,6 +24,7 @@ class App:
         self.model_name = "model"
         self.metrics = Metrics()
         self.load_error = None
+        self.draining = False       # SIGTERM: finishing the requests in flight, taking no new ones
         self.chat_error = None
         self.created = int(time.time())
         self.verbose = args.verbose
@@ -56,6 +57,8 @@ class App:
     def ready(self):
         if self.load_error is not None:
             raise ApiError(503, f"the model failed to load: {self.load_error}")
+        if self.draining:
+            raise ApiError(503, "the server is shutting down", code="unavailable")
         if self.engine is None:
             raise ApiError(503, "Loading model", code="loading")
         return self.engine

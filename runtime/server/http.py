@@ -1,16 +1,20 @@
 """`--server`: an HTTP server with OpenAI's API, llama.cpp's endpoints and a chat page.
 
-Everything is the standard library: ThreadingHTTPServer gives each connection a
-thread, and each request holds one of N slots (runtime/server/engine.py) while it
-generates. Requests beyond the slots wait in a bounded queue; past it they get 503.
+Everything is the standard library. The serving core (connections.py) holds the
+connections in one selector and hands each complete request head to a worker of a
+bounded pool; cheap endpoints (/health, /metrics, /slots, ...) have a lane of their
+own so they never wait behind generations. Each generation holds one of N slots
+(engine.py); requests beyond the slots wait in a bounded queue, past it they get 503.
 
 This layer is the HTTP plumbing only: reading bodies, API keys, CORS, routing,
-server-sent events. The endpoints are in api.py and embeddings.py. Errors come back
-in OpenAI's JSON shape with the right status, never as a traceback.
+server-sent events, draining on SIGTERM. The endpoints are in api.py and
+embeddings.py. Errors come back in OpenAI's JSON shape with the right status, never
+as a traceback.
 """
 
 import hmac
 import json
+import math
 import os
 import pkgutil
 import select
@@ -19,11 +23,12 @@ import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from runtime.errors import UserError
 from runtime.server import api
 from runtime.server.app import App
+from runtime.server.connections import Listener, default_max_connections
 from runtime.server.embeddings import embeddings
 from runtime.server.errors import ApiError, ClientGone
 
@@ -39,10 +44,28 @@ class Handler(BaseHTTPRequestHandler):
     def app(self):
         return self.server.app
 
-    def setup(self):
-        super().setup()
-        # Slow or silent clients give up their thread after this long.
-        self.connection.settimeout(self.server.app.timeout)
+    @classmethod
+    def answer(cls, server, conn, reader, writer):
+        """Answer one request read from `reader` (the serving core calls this on a
+        worker); whether the connection stays open for the next one."""
+        h = cls.__new__(cls)
+        h.server = server
+        h.request = h.connection = conn.sock
+        h.client_address = conn.addr
+        h.rfile, h.wfile = reader, writer
+        h.close_connection = True
+        h.handle_one_request()
+        return not h.close_connection
+
+    @classmethod
+    def lane_of(cls, method, path):
+        """The worker lane of a request: "cheap" ones never queue behind generations."""
+        if len(path) > 1:
+            path = path.rstrip("/")
+        if method == "OPTIONS":
+            return "cheap"
+        name = cls.ROUTES.get(("GET" if method == "HEAD" else method, path))
+        return "cheap" if name is None or name in cls.CHEAP else "work"
 
     def log_message(self, fmt, *args):
         if self.app.verbose:
@@ -80,12 +103,16 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.app.metrics.count_request(status)
 
-    def send_text(self, status, text, content_type):
+    def send_text(self, status, text, content_type, extra_headers=()):
         body = text if isinstance(text, bytes) else text.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for k, v in extra_headers:
+            self.send_header(k, v)
         self._cors_headers()
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -191,6 +218,7 @@ class Handler(BaseHTTPRequestHandler):
         ("POST", "/tokenize"): "tokenize", ("POST", "/detokenize"): "detokenize",
     }
     OPEN = ("page", "health")      # no API key needed
+    CHEAP = ("page", "health", "models", "metrics", "slots", "props")   # their own worker lane
     ENDPOINTS = {"page": lambda app, http: http.send_page(),
                  "health": api.health, "models": api.models, "metrics": api.metrics,
                  "slots": api.slots, "props": api.props, "chat": api.chat,
@@ -211,6 +239,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             name = self.ROUTES.get((method, path))
+            if self.app.draining:
+                self.close_connection = True    # this server is going away: no keep-alive
+                if name not in self.CHEAP:
+                    raise ApiError(503, "the server is shutting down; send the request to "
+                                        "another replica", code="unavailable")
             if name is None:
                 if any(p == path for _, p in self.ROUTES):
                     raise ApiError(405, f"{self.command} is not allowed on {path}")
@@ -255,17 +288,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_text(200, page, "text/html; charset=utf-8")
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def handle_error(self, request, client_address):
-        # A connection that broke mid-request: nothing to tell anyone.
-        if self.app.verbose:
-            super().handle_error(request, client_address)
-
-
 def read_api_keys(args):
     keys = []
     if args.api_key:
@@ -281,29 +303,69 @@ def read_api_keys(args):
     return keys
 
 
+def check_options(args):
+    """The server's own flags, each refused with one line naming the fix."""
+    def need(ok, message):
+        if not ok:
+            raise UserError(message)
+
+    need(math.isfinite(args.timeout) and args.timeout > 0,
+         f"--timeout {args.timeout}: pass a positive number of seconds")
+    need(math.isfinite(args.drain_timeout) and args.drain_timeout >= 0,
+         f"--drain-timeout {args.drain_timeout}: pass 0 or more seconds")
+    need(0 <= args.port <= 65535, f"--port {args.port}: pass 0..65535 (0: any free port)")
+    need(args.parallel >= 1, f"--parallel {args.parallel}: pass 1 or more")
+    need(args.queue >= 0, f"--queue {args.queue}: pass 0 or more")
+    need(args.threads_http == -1 or 1 <= args.threads_http <= 4096,
+         f"--threads-http {args.threads_http}: pass 1..4096 (or -1: slots + queue + 4)")
+    need(args.max_connections == -1 or args.max_connections >= 1,
+         f"--max-connections {args.max_connections}: pass 1 or more "
+         "(or -1: what the open-file limit allows)")
+
+
 def serve(args, gguf):
     """Listen, load the model in the background (/health says 503 meanwhile), serve
-    until SIGINT or SIGTERM."""
+    until SIGTERM or SIGINT, then drain: /health 503, new requests 503, the requests
+    in flight finish (up to --drain-timeout seconds), exit 0. A second SIGINT stops at
+    once."""
+    check_options(args)
     app = App(args)
     app.api_keys = read_api_keys(args)
+    max_conns = default_max_connections()       # also raises the open-file soft limit
+    if args.max_connections != -1:
+        max_conns = min(max_conns, args.max_connections)
+    workers = args.threads_http if args.threads_http > 0 else args.parallel + args.queue + 4
+    server = _ServerState(app)
+
+    def answer(conn, reader, writer):
+        return Handler.answer(server, conn, reader, writer)
+
     try:
-        httpd = Server((args.host, args.port), Handler)
+        listener = Listener(args.host, args.port, answer, Handler.lane_of, workers, 4,
+                            app.timeout, max_conns)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
-    httpd.app = app
-    host, port = httpd.server_address[:2]
+    except OverflowError:
+        raise UserError(f"--port {args.port}: pass 0..65535") from None
+    host, port = listener.address
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{shown}:{port}/"
     print(f"llamazip: listening on {url} (loading the model)", file=sys.stderr, flush=True)
 
-    stop = threading.Event()
+    wake = threading.Event()
+    interrupts = []
 
     def on_signal(signum, frame):
-        stop.set()
+        if signum == signal.SIGINT:
+            interrupts.append(signum)
+            if len(interrupts) >= 2:
+                os.write(2, b"llamazip: interrupted twice, stopping now\n")
+                os._exit(130)
+        app.draining = True
+        wake.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                     name="http", daemon=True).start()
+    listener.start()
 
     def load():
         try:
@@ -311,13 +373,13 @@ def serve(args, gguf):
         except UserError as e:
             app.load_error = str(e)
             print(f"error: {e}", file=sys.stderr, flush=True)
-            stop.set()
+            wake.set()
             return
         except Exception as e:
             app.load_error = f"{type(e).__name__}: {e}"
             print(f"error: the model failed to load: {app.load_error}", file=sys.stderr,
                   flush=True)
-            stop.set()
+            wake.set()
             return
         print(f"llamazip: ready, {len(app.engine.slots)} slots, context {app.engine.n_ctx}, "
               f"model {app.model_name}; open {url}", file=sys.stderr, flush=True)
@@ -327,17 +389,37 @@ def serve(args, gguf):
 
     threading.Thread(target=load, name="load", daemon=True).start()
     try:
-        while not stop.wait(0.5):
+        while not wake.wait(0.5):
             pass
+        if app.draining:
+            drain(app, listener, args.drain_timeout)
     finally:
         print("llamazip: shutting down", file=sys.stderr, flush=True)
         if app.engine is not None:
             app.engine.stop()
             deadline = time.monotonic() + 5
-            while any(s.busy for s in app.engine.slots) and time.monotonic() < deadline:
+            while listener.active and time.monotonic() < deadline:
                 time.sleep(0.05)
-        httpd.shutdown()
-        httpd.server_close()
+        listener.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
     return 2 if app.load_error else 0
+
+
+def drain(app, listener, seconds):
+    """Let the requests in flight finish, up to `seconds`; new ones get 503 meanwhile."""
+    print(f"llamazip: draining: {listener.active} requests in flight, waiting up to "
+          f"{seconds:g} s", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + seconds
+    while listener.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if listener.active:
+        print(f"llamazip: drain timeout: stopping {listener.active} requests",
+              file=sys.stderr, flush=True)
+
+
+class _ServerState:
+    """What a Handler reaches as `self.server`: the App."""
+
+    def __init__(self, app):
+        self.app = app
