@@ -22,6 +22,7 @@ import queue
 import resource
 import selectors
 import socket
+import sys
 import threading
 import time
 
@@ -343,7 +344,8 @@ class Listener:
                 conn.buf = bytes(reader.buf)
         except OSError:
             keep = False
-        except Exception:       # the handler answers its own errors; never lose a worker
+        except Exception as e:  # a bug of ours past the handler's own net: keep the worker
+            sys.stderr.write(f"llamazip: request failed: {type(e).__name__}: {e}\n")
             keep = False
         finally:
             with self.lock:

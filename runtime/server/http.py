@@ -146,8 +146,9 @@ class Handler(BaseHTTPRequestHandler):
     def client_gone(self):
         """Whether the peer has closed: readable with nothing to read."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            if readable:
+            poller = select.poll()      # not select.select: descriptors pass 1024 under load
+            poller.register(self.connection, select.POLLIN)
+            if poller.poll(0):
                 return self.connection.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
