@@ -1,28 +1,22 @@
 #!/usr/bin/env bash
-# Installs what building, testing and benchmarking need on a fresh Debian machine.
+# What building and running a bundle need, in a virtual environment .venv/ beside this
+# file's folder: pip, jinja2 + markupsafe (bundled for chat templates) and ziglang (its
+# `cc` compiles the kernels for x86-64, aarch64 and riscv64), then the kernels.
+# Works with a bare python3 (3.9+), root or not, PEP 668 or not: nothing is installed
+# outside .venv/. Where python3 lacks ensurepip (Debian/Ubuntu without python3-venv),
+# pip comes from its PyPI wheel (scripts/get_pip.py). Set PYTHON to use another python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    if ! command -v qemu-aarch64 >/dev/null 2>&1 || ! command -v unzip >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user unzip >/dev/null
-    fi
-    # Bundle tests: 7z writes the Deflate64 test archive; gcc builds zipfile-deflate64's
-    # wheel where PyPI has none for this Python.
-    if ! command -v 7z >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq p7zip-full gcc >/dev/null
-    fi
-    # The chat page's browser test drives the system Chromium (never a downloaded one).
-    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    if "$PYTHON" -c "import ensurepip" 2>/dev/null; then
+        "$PYTHON" -m venv .venv
+    else
+        "$PYTHON" -m venv --without-pip .venv
     fi
 fi
-python -m pip install -q -e ".[test,native]"
-python kernels/build.py
-python -m tests.models >/dev/null
-# Foreign Pythons (aarch64, riscv64) for running bundles under qemu-user in the tests.
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    bash scripts/sysroots.sh
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    .venv/bin/python scripts/get_pip.py
 fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e .
+.venv/bin/python kernels/build.py
