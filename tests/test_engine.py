@@ -88,11 +88,37 @@ def test_smollm2_greedy_matches_llama_cpp():
     assert r.stdout == GREEDY_LLAMA_CPP + "\n"
 
 
-def test_smollm2_greedy_oracle_matches_llama_cpp():
-    r = run_cli("-m", smollm2(), "-p", GREEDY_PROMPT, "-n", "24", "--temp", "0",
-                "--backend", "numpy")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == GREEDY_LLAMA_CPP + "\n"
+def test_smollm2_oracle_agrees_with_c_backend_along_llama_cpp_text():
+    """The oracle is checked by its logits, not its greedy text: NumPy sums float32 in
+    whatever order the BLAS picks for the CPU (OpenBLAS's SkylakeX and Haswell kernels
+    differ), which moves logits by ~1e-3 and flips near-ties (a top-two margin of
+    0.05 at "had" -> " been" / " a"), so its text depends on the machine; the C
+    backend's text is the one compared with llama.cpp's (above).
+
+    Along llama.cpp's greedy text both backends' logits agree within assert_agrees'
+    tolerance (measured: worst 0.034..0.036, mean 0.032..0.035 of the largest and
+    mean |logit| under both OpenBLAS kernels); and wherever the oracle's top two are
+    more than a logit apart, its pick is llama.cpp's next token.
+    """
+    from runtime.backend_c import CBackend
+    from runtime.tokenizer import Tokenizer
+    from tests.test_models import assert_agrees
+    model = GGUFFile.open(smollm2())
+    tokenizer = Tokenizer.from_gguf(model)
+    n_prompt = len(tokenizer.encode(GREEDY_PROMPT, add_special=True, parse_special=True))
+    ids = tokenizer.encode(GREEDY_PROMPT + GREEDY_LLAMA_CPP, add_special=True,
+                           parse_special=True)
+    oracle = np.array(Model(model, NumpyBackend(), n_ctx=64).forward(ids, 0, last_only=False))
+    c = np.array(Model(model, CBackend(n_threads=2), n_ctx=64).forward(ids, 0,
+                                                                        last_only=False))
+    assert_agrees(c, oracle, "SmolLM2 along llama.cpp's text")
+    clear = 0
+    for pos in range(n_prompt - 1, len(ids) - 1):
+        first, second = np.sort(oracle[pos])[-2:][::-1]
+        if first - second > 1.0:
+            clear += 1
+            assert int(oracle[pos].argmax()) == ids[pos + 1], (pos, tokenizer.decode(ids[:pos + 2]))
+    assert clear >= 10, clear   # most of the text is decided by a clear margin
 
 
 def _perplexity(model, tmp_path):
