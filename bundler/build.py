@@ -45,7 +45,9 @@ def parse_args(argv):
     p.add_argument("--arch", default=",".join(ARCHES),
                    help="kernel architectures to include (default: all three)")
     p.add_argument("--args", default=None,
-                   help="default arguments, shell-quoted; '...' marks where the user's go")
+                   help="default arguments, shell-quoted; '...' marks where the user's go "
+                   "(default: none; for the demo model '--temp 0.8 --repeat-penalty 1.1 "
+                   "--repeat-last-n 64')")
     p.add_argument("--name", help="bundle name (default: the model file's name)")
     return p.parse_args(argv)
 
@@ -185,8 +187,10 @@ def build(model=None, output=None, launcher_kind="portable", arches=ARCHES, args
           name=None):
     """Build the bundle; returns the summary dict."""
     if model is None:
-        from bundler.demo import demo_model
+        from bundler.demo import DEMO_ARGS, demo_model
         model = demo_model()
+        if args_text is None:
+            args_text = DEMO_ARGS
     unknown = [a for a in arches if a not in ARCHES]
     if unknown or not arches:
         raise UserError(f"unknown --arch {','.join(unknown) or '(empty)'}; choose from "

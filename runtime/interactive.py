@@ -7,8 +7,10 @@ only its new tokens. Replies stream to stdout; notices go to stderr so a piped
 """
 
 import json
+import shutil
 import signal
 import sys
+import unicodedata
 
 from runtime.errors import UserError
 
@@ -138,6 +140,100 @@ class _Interrupt:
         return self.requested
 
 
+class _QuietKeys:
+    """While a reply streams, keys typed ahead are not echoed into its text: the
+    terminal's echo is off, and what was typed stays queued for the next prompt (which
+    shows it, since line editing echoes for itself). A no-op when stdin is no terminal."""
+
+    def __init__(self, stream):
+        self.fd = None
+        self.saved = None
+        try:
+            import termios
+            if stream is not None and stream.isatty():
+                self.fd = stream.fileno()
+                self.termios = termios
+        except (ImportError, OSError, ValueError):
+            self.fd = None
+
+    def __enter__(self):
+        if self.fd is not None:
+            t = self.termios
+            try:
+                self.saved = t.tcgetattr(self.fd)
+                quiet = list(self.saved)
+                quiet[3] &= ~t.ECHO
+                t.tcsetattr(self.fd, t.TCSANOW, quiet)   # TCSANOW: keep what was typed
+            except t.error:
+                self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            try:
+                self.termios.tcsetattr(self.fd, self.termios.TCSANOW, self.saved)
+            except self.termios.error:
+                pass
+        return False
+
+
+def cell_width(text):
+    """Terminal columns of text: East Asian wide characters take two, combining marks none."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+class WordWrap:
+    """Streams text to a terminal of `width` columns, breaking lines between words.
+
+    A word is held back until the space or newline after it arrives (or finish()), so
+    it can move to the next line whole; a word wider than a line is broken where it
+    must be. Only the display wraps: the reply's text is kept as generated.
+    """
+
+    def __init__(self, out, width):
+        self.out = out
+        self.width = max(8, width)
+        self.column = 0
+        self.word = ""
+
+    def write(self, text):
+        for ch in text:
+            if ch == "\n":
+                self._put_word()
+                self.out.write("\n")
+                self.column = 0
+            elif ch in " \t":
+                self._put_word()
+                if self.column < self.width:   # a space at the line's end becomes the break
+                    self.out.write(ch)
+                    self.column += 1
+            else:
+                self.word += ch
+                if cell_width(self.word) >= self.width:
+                    self._put_word()
+        self.out.flush()
+
+    def _put_word(self):
+        if not self.word:
+            return
+        w = cell_width(self.word)
+        if self.column > 0 and self.column + w > self.width:
+            self.out.write("\n")
+            self.column = 0
+        self.out.write(self.word)
+        self.column += w
+        self.word = ""
+
+    def finish(self):
+        self._put_word()
+        self.out.flush()
+
+
 def _enable_line_editing():
     try:
         import readline  # noqa: F401  (importing it gives input() editing and history)
@@ -204,15 +300,18 @@ class Repl:
             self.reply(text)
 
     def reply(self, text):
-        def write(piece):
-            self.out.write(piece)
-            self.out.flush()
+        if self.out.isatty():
+            screen = WordWrap(self.out, shutil.get_terminal_size().columns)
+        else:
+            screen = WordWrap(self.out, 1 << 30)   # no terminal: no wrapping
         try:
-            with _Interrupt() as interrupt:
-                self.turns.answer(text, write, should_stop=interrupt)
+            with _Interrupt() as interrupt, _QuietKeys(sys.stdin):
+                self.turns.answer(text, screen.write, should_stop=interrupt)
         except UserError as e:
+            screen.finish()
             self.say(f"error: {e}")
             return
+        screen.finish()
         self.out.write("\n")
         if self.turns.last_finish == "interrupted":
             self.say("(stopped)")

@@ -64,6 +64,19 @@ def load_backend(name, n_threads):
     return NumpyBackend(n_threads=n_threads)
 
 
+def check_context_fits(config, n_ctx):
+    """Refuse a context whose KV cache (keys and values, f16, every layer) exceeds memory."""
+    need = 2 * 2 * config.n_layers * n_ctx * config.n_kv_heads * config.head_dim
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise UserError(f"-c {n_ctx} needs a {need / 2**30:.1f} GiB KV cache but this machine "
+                        f"has {have / 2**30:.1f} GiB of memory; choose a smaller -c (the model "
+                        f"was trained on {config.n_ctx_train} tokens)")
+
+
 def load_session(gguf, backend="auto", threads=0, n_ctx=0, batch_size=512, verbose=False):
     """A Session over `gguf`: its tokenizer, the model on the chosen backend with
     `threads` threads (0: all usable CPUs) and a context of `n_ctx` tokens (0: the
@@ -71,7 +84,8 @@ def load_session(gguf, backend="auto", threads=0, n_ctx=0, batch_size=512, verbo
     from runtime.model import Config, Model
     from runtime.session import Session
     from runtime.tokenizer import Tokenizer
-    Config(gguf)  # unsupported architectures fail before any heavy work
+    config = Config(gguf)  # unsupported architectures fail before any heavy work
+    check_context_fits(config, n_ctx or min(config.n_ctx_train, 4096))
     tokenizer = Tokenizer.from_gguf(gguf)
     compute = load_backend(backend, decide_threads(threads))
     if verbose:

@@ -127,6 +127,19 @@ def test_undo_clear_save_and_load(tmp_path):
     finish(child)
 
 
+def test_keys_typed_during_a_reply_are_not_echoed_into_it():
+    child = spawn_chat("-n", "40")
+    child.sendline("Tell me about the sea.")
+    child.expect(r"sea\.\r?\n")               # the terminal's echo of our line
+    child.expect(r"\w\w")                       # the reply has started streaming
+    child.send("qzx")                           # typed ahead, no Enter
+    child.expect_exact(PROMPT)
+    assert "qzx" not in child.before            # not in the reply's text
+    child.expect_exact("qzx")                   # but waiting at the next prompt
+    child.sendcontrol("u")                      # erase it, then leave
+    finish(child)
+
+
 def test_multi_line_input():
     child = spawn_chat("-n", "2")
     child.sendline('"""')
@@ -153,9 +166,10 @@ CHATML_HI = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_
 
 @pytest.fixture(scope="module")
 def expected_answer():
-    """The greedy completion of the hand-formatted ChatML prompt."""
+    """The greedy completion of the hand-formatted ChatML prompt, with chat's default
+    repeat penalty (plain completion's default is llama.cpp's 1.0)."""
     r = run_llamazip(["-m", "runtime", "-m", smollm2(), "--temp", "0", "-c", "256",
-                      "-n", "5", "-p", CHATML_HI])
+                      "-n", "5", "--repeat-penalty", "1.1", "-p", CHATML_HI])
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -181,10 +195,12 @@ def test_chat_input_errors_are_one_line():
     r = run_llamazip(llamazip_args("--chat"), stdin="  \n")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
-        "error: --chat got no text on stdin; pipe a message or pass -p TEXT"]
+        "error: no message to answer: pass -p TEXT or -f FILE, pipe text in, or run on a "
+        "terminal to talk"]
     r = run_llamazip(llamazip_args("--chat", "-p", "Hi", "--chat-template", "/nonexistent.jinja"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: cannot read chat template /nonexistent.jinja")
+    assert r.stderr.startswith("error: --chat-template /nonexistent.jinja: no such file, "
+                               "and not a built-in name (")
 
 
 # -- the turn logic, on a stand-in engine -----------------------------------------------
@@ -212,10 +228,11 @@ class _EchoSession:
 
 
 def test_oldest_turns_are_dropped_when_the_context_is_full():
-    from runtime.chat import Conversation, RawFormat
+    from runtime.chat import Conversation
+    from tests.plain_format import PlainFormat
     from runtime.interactive import ChatTurns
     notices = []
-    conversation = Conversation(RawFormat(), _CharTokenizer(), system_prompt="SYS")
+    conversation = Conversation(PlainFormat(), _CharTokenizer(), system_prompt="SYS")
     turns = ChatTurns(_EchoSession(n_ctx=48), conversation, params=None, n_predict=4,
                       notice=notices.append)
     for text in ("first question", "second question", "third question"):
@@ -228,10 +245,11 @@ def test_oldest_turns_are_dropped_when_the_context_is_full():
 
 
 def test_a_message_longer_than_the_context_is_refused_and_forgotten():
-    from runtime.chat import Conversation, RawFormat
+    from runtime.chat import Conversation
+    from tests.plain_format import PlainFormat
     from runtime.errors import UserError
     from runtime.interactive import ChatTurns
-    conversation = Conversation(RawFormat(), _CharTokenizer())
+    conversation = Conversation(PlainFormat(), _CharTokenizer())
     turns = ChatTurns(_EchoSession(n_ctx=10), conversation, params=None, n_predict=2)
     with pytest.raises(UserError, match="raise -c or write less"):
         turns.answer("x" * 20, write=lambda piece: None)

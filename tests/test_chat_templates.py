@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from runtime.chat import ChatTemplate, Conversation, RawFormat, load_chat_format
+from runtime.chat import ChatTemplate, Conversation, load_chat_format
 from runtime.errors import UserError
+from tests.plain_format import PlainFormat
 
 SHARED_TEMPLATES = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "testdata", "templates"))
@@ -189,15 +190,6 @@ def test_generation_tag_is_transparent():
     assert t.render([{"role": "assistant", "content": "x"}]) == "x"
 
 
-def test_raw_format_concatenates_turns():
-    raw = RawFormat()
-    assert raw.render([{"role": "system", "content": "A story."},
-                       {"role": "user", "content": "Once upon"},
-                       {"role": "assistant", "content": " a time"},
-                       {"role": "user", "content": "The end."}]) == \
-        "A story.\n\nOnce upon a time\nThe end."
-
-
 class _Chars:
     """A tokenizer stand-in: one id per character."""
     bos_id = None
@@ -207,7 +199,7 @@ class _Chars:
 
 
 def test_conversation_undo_clear_and_drop_oldest():
-    conv = Conversation(RawFormat(), _Chars(), system_prompt="S")
+    conv = Conversation(PlainFormat(), _Chars(), system_prompt="S")
     for u, a in (("u1", "a1"), ("u2", "a2"), ("u3", "a3")):
         conv.messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     assert conv.undo()
@@ -222,7 +214,7 @@ def test_conversation_undo_clear_and_drop_oldest():
 
 
 def test_conversation_load_rejects_bad_json():
-    conv = Conversation(RawFormat(), _Chars())
+    conv = Conversation(PlainFormat(), _Chars())
     with pytest.raises(UserError, match="message 0"):
         conv.load_json({"messages": [{"role": "robot", "content": "x"}]}, "f.json")
     with pytest.raises(UserError, match="holds no conversation"):
