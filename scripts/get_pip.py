@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 
 INDEX = os.environ.get("LLAMAZIP_PYPI_JSON", "https://pypi.org/pypi/pip/json")
@@ -47,12 +48,17 @@ def newest_wheel(index):
 def main():
     if sys.prefix == sys.base_prefix:
         raise SystemExit("get_pip.py: run it with a virtual environment's python")
-    with urllib.request.urlopen(INDEX, timeout=60) as r:
-        url, sha256, filename = newest_wheel(json.load(r))
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = os.path.join(tmp, filename)
+    try:
+        with urllib.request.urlopen(INDEX, timeout=60) as r:
+            url, sha256, filename = newest_wheel(json.load(r))
+        url = urllib.parse.urljoin(INDEX, url)   # mirrors may list files by relative URL
         with urllib.request.urlopen(url, timeout=120) as r:
             data = r.read()
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"get_pip.py: cannot fetch pip from PyPI ({e}); check the network, "
+                         "or install python3-venv (apt install python3-venv)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = os.path.join(tmp, filename)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise SystemExit(f"get_pip.py: {filename} does not match PyPI's sha256")
         with open(wheel, "wb") as f:
