@@ -218,10 +218,10 @@ def test_gemma3_perplexity_within_half_percent_of_llama_cpp(tmp_path):
     assert abs(ppl - GEMMA3_LLAMA_CPP_PPL) / GEMMA3_LLAMA_CPP_PPL < 0.005, ppl
 
 
-def test_gemma3_chat_knows_the_capital_of_france():
-    """This GGUF is the base model and has no chat template, so --chat talks in plain
-    text (runtime/chat.py's RawFormat); it answers, then goes on asking itself."""
-    r = run_cli("-m", gemma3(), "--chat", "-p", "What is the capital of France?", "-n", "16",
+def test_gemma3_knows_the_capital_of_france():
+    """This GGUF is the base model (no chat template; tests/test_first_run.py checks how
+    it chats): as plain completion it answers the question, then asks it again."""
+    r = run_cli("-m", gemma3(), "-p", "What is the capital of France?", "-n", "16",
                 "--temp", "0")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
