@@ -33,11 +33,13 @@ COMPLETION_REPEAT_PENALTY = 1.0
 
 def build_parser(bundle=False):
     """The flags; a bundle carries its model, so it has no -m."""
-    p = _Parser(prog=_program_name(bundle), description="Run a GGUF language model on the CPU.",
+    what = "the language model this file carries" if bundle else "a GGUF language model"
+    p = _Parser(prog=_program_name(bundle), description=f"Run {what} on the CPU.",
                 allow_abbrev=False)
     if not bundle:
         p.add_argument("-m", "--model", help="path of a .gguf model")
-    p.add_argument("-p", "--prompt", help="prompt text (without -p or -f: text piped to stdin)")
+    p.add_argument("-p", "--prompt", help="prompt text to complete (without -p or -f: chat, taking text "
+                   "piped in as one message)")
     p.add_argument("-f", "--file", help="read the prompt (or perplexity text) from a file")
     p.add_argument("-n", "--n-predict", type=int, default=None,
                    help=f"tokens to generate; -1: until end of text or full context (the "
