@@ -135,10 +135,6 @@ def _need(ok, message):
         raise UserError(message)
 
 
-def _finite(value):
-    return math.isfinite(value)
-
-
 def validate(args):
     """Every numeric flag in its range, every text flag UTF-8: one line naming the flag
     and what it takes, before any model is read."""
@@ -149,25 +145,25 @@ def validate(args):
     _need(args.batch_size >= 1, f"-b {args.batch_size}: the batch size must be 1 or more")
     _need(args.threads >= 0, f"-t {args.threads}: pass 0 (every CPU this process may use) "
           "or a number of threads")
-    _need(_finite(args.temp) and args.temp >= 0,
+    _need(math.isfinite(args.temp) and args.temp >= 0,
           f"--temp {args.temp}: pass 0 (greedy) or a positive number")
     _need(args.top_k >= 0, f"--top-k {args.top_k}: pass 0 (all tokens) or a positive count")
-    _need(_finite(args.top_p) and 0 <= args.top_p <= 1, f"--top-p {args.top_p}: pass 0..1")
-    _need(_finite(args.min_p) and 0 <= args.min_p <= 1, f"--min-p {args.min_p}: pass 0..1")
+    _need(math.isfinite(args.top_p) and 0 <= args.top_p <= 1, f"--top-p {args.top_p}: pass 0..1")
+    _need(math.isfinite(args.min_p) and 0 <= args.min_p <= 1, f"--min-p {args.min_p}: pass 0..1")
     rp = args.repeat_penalty
-    _need(rp is None or (_finite(rp) and rp > 0),
+    _need(rp is None or (math.isfinite(rp) and rp > 0),
           f"--repeat-penalty {rp}: pass a positive number (1: off)")
     _need(args.repeat_last_n >= -1,
           f"--repeat-last-n {args.repeat_last_n}: pass -1 (the context), 0 (off) or a count")
     for flag, value in (("--presence-penalty", args.presence_penalty),
                         ("--frequency-penalty", args.frequency_penalty)):
-        _need(_finite(value), f"{flag} {value}: pass a finite number")
+        _need(math.isfinite(value), f"{flag} {value}: pass a finite number")
     _need(args.seed >= -1, f"--seed {args.seed}: pass -1 (random) or a number >= 0")
     _need(args.repetitions >= 1, f"-r {args.repetitions}: pass 1 or more repetitions")
     _need(0 <= args.port <= 65535, f"--port {args.port}: pass 0..65535 (0: any free port)")
     _need(args.parallel >= 1, f"-np {args.parallel}: pass 1 or more")
     _need(args.queue >= 0, f"--queue {args.queue}: pass 0 or more")
-    _need(_finite(args.timeout) and args.timeout > 0,
+    _need(math.isfinite(args.timeout) and args.timeout > 0,
           f"--timeout {args.timeout}: pass a positive number of seconds")
     if args.perplexity:
         _need(args.ctx_size == 0 or args.ctx_size >= MIN_PERPLEXITY_CONTEXT,
