@@ -337,7 +337,7 @@ def cmd_bench(args, gguf):
     if not prompt.isdigit():
         raise UserError("with --bench, -p is the number of prompt tokens (e.g. -p 128)")
     n_prompt = int(prompt)
-    n_gen = args.n_predict if args.n_predict is not None and args.n_predict >= 0 else 64
+    n_gen = args.n_predict if args.n_predict >= 0 else 64
     session = session_for(args, gguf, args.ctx_size or max(n_prompt, n_gen, 1))
     run_bench(session.model, n_prompt, n_gen, args.repetitions, args.batch_size,
               session.model.backend.n_threads, args.json, model_name=os.path.basename(gguf.source))
@@ -353,6 +353,9 @@ def run(argv=None, bundle=None):
         argv, model_region = open_current(bundle[0], argv, bundle[1])
     args = build_parser(bundle=model_region is not None).parse_args(argv)
     validate(args)
+    chat = not (args.verify or args.tokenize or args.server or args.info or args.bench
+                or args.perplexity) and wants_chat(args)
+    apply_mode_defaults(args, chat)
     if args.verify:  # before parsing the model, which may be the damaged part
         from runtime.archive import verify_bundle
         return verify_bundle(model_region[0] if model_region else args.model)
@@ -369,8 +372,6 @@ def run(argv=None, bundle=None):
         return cmd_bench(args, gguf)
     if args.perplexity:
         return cmd_perplexity(args, gguf)
-    chat = wants_chat(args)
-    apply_mode_defaults(args, chat)
     if chat:
         return cmd_chat(args, gguf)
     return cmd_complete(args, gguf)

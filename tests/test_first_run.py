@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from runtime.cli import CHAT_REPLY_MAX, available_cpus, build_parser
+from runtime.cli import CHAT_REPLY_MAX, build_parser
 from runtime.interactive import WordWrap, cell_width
+from runtime.loader import usable_cpus
 from tests import synthetic
 from tests.models import gemma3, smollm2
 
@@ -48,7 +49,6 @@ BAD_FLAGS = [
     (["--temp", "nan"], "--temp nan"),
     (["-c", "-1"], "-c -1"),
     (["-c", "1000000000000"], "-c 1000000000000"),
-    (["-t", "999"], "-t 999"),
     (["-t", "-2"], "-t -2"),
     (["-b", "0"], "-b 0"),
     (["--repeat-penalty", "0"], "--repeat-penalty 0"),
@@ -150,9 +150,12 @@ def test_a_bundles_help_has_no_model_flag():
 
 def test_info_reports_the_threads_a_run_uses(tiny_model):
     r = run_cli("-m", tiny_model, "--info")
-    assert json.loads(r.stdout)["threads"] == available_cpus()
+    assert json.loads(r.stdout)["threads"] == usable_cpus()
     r = run_cli("-m", tiny_model, "--info", "-t", "1")
     assert json.loads(r.stdout)["threads"] == 1
+    r = run_cli("-m", tiny_model, "--info", "-t", "999")   # capped, with a note
+    assert json.loads(r.stdout)["threads"] == usable_cpus()
+    assert b"-t 999 capped" in r.stderr
 
 
 # ------------------------------------------------------------------ no chat template
