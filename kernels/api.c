@@ -12,6 +12,7 @@
 //   const char *lz_variant(void)            "generic", "avx2", "avx512", "neon", ...
 //   void lz_set_threads(int n); int lz_get_threads(void)
 //   int  lz_type_supported(int type)
+//   int  lz_block_geometry(type, *block, *size)   weights and bytes per block (0: known)
 //   int  lz_matmul(type, w, rows, k, x, ldx, n, y, ldy)   y[t][r] = W[r,:] . x[t,:]
 //   void lz_dequantize(type, src, dst, n)
 //   int  lz_quantize_act(type, x, out, k)      the activation row as the dot sees it (tests)
@@ -60,6 +61,13 @@ LZ_API int lz_get_threads(void) { return lz_pool_threads(); }
 
 LZ_API int lz_type_supported(int type) {
     return type >= 0 && type < LZ_NTYPES && lz_k.types[type].tile != 0;
+}
+
+LZ_API int lz_block_geometry(int type, int *block, int *size) {
+    if (type < 0 || type >= LZ_NTYPES || !LZ_GEOMETRY[type].size) return -1;
+    *block = LZ_GEOMETRY[type].block;
+    *size = LZ_GEOMETRY[type].size;
+    return 0;
 }
 
 LZ_API void lz_dequantize(int type, const void *src, float *dst, int64_t n) {

@@ -4,6 +4,9 @@
 //
 // Y[t][r] = sum_i W[r][i] * X[t][i]: W is `rows` rows of k weights in its GGML
 // type, read in place; X holds n activation rows of k floats.
+// pthread keys are POSIX, hidden by -std=c11 unless asked for
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -19,9 +22,7 @@ lz_kernels lz_k;
 // d * dx * sum (+ m * d_x * sum(x)).
 static inline __attribute__((always_inline)) float dot_legacy(const int type, const uint8_t *w,
                                                               const uint8_t *x, int64_t k) {
-    const size_t bs = type == LZ_Q4_0 ? sizeof(block_q4_0) : type == LZ_Q4_1 ? sizeof(block_q4_1)
-                    : type == LZ_Q5_0 ? sizeof(block_q5_0) : type == LZ_Q5_1 ? sizeof(block_q5_1)
-                    : sizeof(block_q8_0);
+    const size_t bs = (size_t)lz_type_size(type);
     const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int8_t *xq = (const int8_t *)x;
     const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
@@ -48,9 +49,7 @@ static inline __attribute__((always_inline)) float dot_legacy(const int type, co
 // group scales; the minimums meet the activations' group sums (bsums).
 static inline __attribute__((always_inline)) float dot_kq(const int type, const uint8_t *w,
                                                           const uint8_t *x, int64_t k) {
-    const size_t bs = type == LZ_Q2_K ? sizeof(block_q2_k) : type == LZ_Q3_K ? sizeof(block_q3_k)
-                    : type == LZ_Q4_K ? sizeof(block_q4_k) : type == LZ_Q5_K ? sizeof(block_q5_k)
-                    : sizeof(block_q6_k);
+    const size_t bs = (size_t)lz_type_size(type);
     const int with_min = type == LZ_Q2_K || type == LZ_Q4_K || type == LZ_Q5_K;
     const int8_t *xq = (const int8_t *)x;
     const float *dx = xq8k_d(x, k);
@@ -158,18 +157,38 @@ void lz_init_portable(lz_kernels *k) {
 
 // ---------------------------------------------------------------- driver
 
-// Activations quantized for the current call; grown as needed, never shrunk.
-static uint8_t *scratch;
-static size_t scratch_size;
+// Activations quantized for the current call, one buffer per calling thread (calls
+// are made without the GIL, from any thread): grown as needed, never shrunk, freed
+// when the thread exits.
+typedef struct { uint8_t *buf; size_t size; } scratch_buf;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p) {
+    scratch_buf *s = (scratch_buf *)p;
+    free(s->buf);
+    free(s);
+}
+
+static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
 static uint8_t *get_scratch(size_t n) {
-    if (n > scratch_size) {
-        free(scratch);
-        scratch_size = n + n / 4;
-        scratch = aligned_alloc(64, (scratch_size + 63) & ~(size_t)63);
-        if (!scratch) scratch_size = 0;
+    pthread_once(&scratch_once, scratch_key_init);
+    scratch_buf *s = (scratch_buf *)pthread_getspecific(scratch_key);
+    if (!s) {
+        s = (scratch_buf *)calloc(1, sizeof *s);
+        if (!s || pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
     }
-    return scratch;
+    if (n > s->size) {
+        free(s->buf);
+        s->size = n + n / 4;
+        s->buf = aligned_alloc(64, (s->size + 63) & ~(size_t)63);
+        if (!s->buf) s->size = 0;
+    }
+    return s->buf;
 }
 
 typedef struct {

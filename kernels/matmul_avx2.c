@@ -60,11 +60,6 @@ AI __m256i dot_u8s8(__m256i w, __m256i x) {
 
 // ---------------------------------------------------------------- 32-blocks
 
-AI int legacy_size(int type) {
-    return type == LZ_Q4_0 ? 18 : type == LZ_Q4_1 ? 20 : type == LZ_Q5_0 ? 22
-         : type == LZ_Q5_1 ? 24 : 34;
-}
-
 // Weights of one block as unsigned bytes (Q8_0: |w|, signs returned in *sign), its
 // d, and its float-pass constant (d for the offset types, m for the minimum types).
 AI __m256i legacy_block(const int type, const uint8_t *b, __m256i *sign, float *d, float *c) {
@@ -93,7 +88,7 @@ AI __m256i legacy_block(const int type, const uint8_t *b, __m256i *sign, float *
 
 AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                     size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
-    const int bs = legacy_size(type);
+    const int bs = lz_type_size(type);
     const int has_c = type != LZ_Q8_0;
     const int64_t nb = k / QK;
     float cb[R][has_c ? nb : 1];
@@ -131,11 +126,6 @@ AI void legacy_tile(const int type, const int R, const int T, int64_t k, const u
 }
 
 // ---------------------------------------------------------------- K-quants
-
-AI int kq_size(int type) {
-    return type == LZ_Q2_K ? 84 : type == LZ_Q3_K ? 110 : type == LZ_Q4_K ? 144
-         : type == LZ_Q5_K ? 176 : 210;
-}
 
 // Weights 32j..32j+31 (j = 0..7) of super-block b as unsigned bytes, in order.
 AI __m256i kq_chunk(const int type, const uint8_t *b, int j) {
@@ -234,7 +224,7 @@ AI void kq_scales(const int type, const uint8_t *b, __m256i v[2], float *d_out, 
 
 AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                 size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
-    const int bs = kq_size(type);
+    const int bs = lz_type_size(type);
     const int64_t nsb = k / QK_K;
     float cb[R][k / 16];
     __m256 acc[R][T];
@@ -337,12 +327,6 @@ static void tile_bf16(int64_t k, const uint8_t *w, size_t ws, int nr, const uint
 #ifndef KQ_T
 #define KQ_T 4
 #endif
-
-#define DEFINE_TILE(name, fn, type, RR, TT)                                                   \
-    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
-                     size_t xs, int nt, float *y, size_t ldy) {                               \
-        TILES(fn, type, RR, TT);                                                              \
-    }
 
 DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, LEGACY_R, LEGACY_T)
 DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, LEGACY_R, LEGACY_T)

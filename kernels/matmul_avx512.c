@@ -65,11 +65,6 @@ AI __m512i nibbles_pair(const uint8_t *qa, const uint8_t *qb) {
 
 // ---------------------------------------------------------------- 32-blocks
 
-AI int legacy_size(int type) {
-    return type == LZ_Q4_0 ? 18 : type == LZ_Q4_1 ? 20 : type == LZ_Q5_0 ? 22
-         : type == LZ_Q5_1 ? 24 : 34;
-}
-
 // One pair of blocks (a, b) of a row: weights as unsigned bytes (Q8_0: |w|, with the
 // signs in *s), the scale vector [da x8, db x8], and the float-pass constants c[0..1].
 AI void legacy_pair(const int type, const uint8_t *pa, const uint8_t *pb, __m512i *wv,
@@ -123,7 +118,7 @@ AI __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
 // pass is folded into the accumulators.
 AI void legacy_gemv4(const int type, int64_t k, const uint8_t *w, size_t ws, const uint8_t *x,
                      float *y) {
-    const int bs = legacy_size(type);
+    const int bs = lz_type_size(type);
     const int has_c = type != LZ_Q8_0;
     const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK, np = (nb + 1) / 2, nbp = lz_pad64(k) / QK;
@@ -203,7 +198,7 @@ AI void legacy_gemv4(const int type, int64_t k, const uint8_t *w, size_t ws, con
 
 AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                     size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
-    const int bs = legacy_size(type);
+    const int bs = lz_type_size(type);
     // Q4_0/Q5_0/Q8_0 weights are made signed (the offset -8 / -16 subtracted) and meet
     // activations made unsigned by adding 128: sum((x + 128) w) - 128 sum(w) = sum(x w),
     // with the correction computed once per row and block pair instead of per token.
@@ -267,11 +262,6 @@ AI void legacy_tile(const int type, const int R, const int T, int64_t k, const u
 }
 
 // ---------------------------------------------------------------- K-quants
-
-AI int kq_size(int type) {
-    return type == LZ_Q2_K ? 84 : type == LZ_Q3_K ? 110 : type == LZ_Q4_K ? 144
-         : type == LZ_Q5_K ? 176 : 210;
-}
 
 // The 64 weights of chunk c (0..3) of super-block b, as unsigned bytes, in order.
 AI __m512i kq_chunk(const int type, const uint8_t *b, int c) {
@@ -371,7 +361,7 @@ AI __m512i kq_scales(const int type, const uint8_t *b, float *d_out, float *c) {
 
 AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                 size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
-    const int bs = kq_size(type);
+    const int bs = lz_type_size(type);
     const int64_t nsb = k / QK_K;
     float cb[R][k / 16];
     __m512 acc[R][T];
@@ -434,12 +424,6 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
 #ifndef KQ_T
 #define KQ_T 8
 #endif
-
-#define DEFINE_TILE(name, fn, type, RR, TT)                                                   \
-    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
-                     size_t xs, int nt, float *y, size_t ldy) {                               \
-        TILES(fn, type, RR, TT);                                                              \
-    }
 
 // Matrix x vector tiles of the 32-block types: 4 rows at a time.
 #define DEFINE_LEGACY_TILE(name, type)                                                        \

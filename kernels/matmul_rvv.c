@@ -31,14 +31,9 @@ AI vint8m1_t s8(vuint8m1_t v) { return __riscv_vreinterpret_v_u8m1_i8m1(v); }
 
 // ---------------------------------------------------------------- 32-blocks
 
-AI int legacy_size(int type) {
-    return type == LZ_Q4_0 ? 18 : type == LZ_Q4_1 ? 20 : type == LZ_Q5_0 ? 22
-         : type == LZ_Q5_1 ? 24 : 34;
-}
-
 AI float legacy_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
     const size_t vl = 16;
-    const int bs = legacy_size(type);
+    const int bs = lz_type_size(type);
     const int64_t nb = k / QK;
     const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
     float sum = 0.0f;
@@ -78,11 +73,6 @@ AI float legacy_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t 
 
 // ---------------------------------------------------------------- K-quants
 
-AI int kq_size(int type) {
-    return type == LZ_Q2_K ? 84 : type == LZ_Q3_K ? 110 : type == LZ_Q4_K ? 144
-         : type == LZ_Q5_K ? 176 : 210;
-}
-
 // Weights 32j + 16h .. +15 (j = 0..7, h = 0..1) of super-block b, signed.
 AI vint8m1_t kq_part(const int type, const uint8_t *b, int j, int h) {
     const size_t vl = 16;
@@ -118,7 +108,7 @@ AI vint8m1_t kq_part(const int type, const uint8_t *b, int j, int h) {
 }
 
 AI float kq_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
-    const int bs = kq_size(type);
+    const int bs = lz_type_size(type);
     const int64_t nsb = k / QK_K;
     const float *dx = xq8k_d(x, k);
     const int16_t *bsums = xq8k_bsums(x, k);

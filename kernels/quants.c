@@ -123,9 +123,7 @@ static void dequant_bf16(const void *src, float *y, int64_t n) {
 // Legacy blocks: value = d * code (+ m).
 static inline __attribute__((always_inline)) void dequant_legacy(const int type, const void *src,
                                                                  float *y, int64_t n) {
-    const size_t bs = type == LZ_Q4_0 ? sizeof(block_q4_0) : type == LZ_Q4_1 ? sizeof(block_q4_1)
-                    : type == LZ_Q5_0 ? sizeof(block_q5_0) : type == LZ_Q5_1 ? sizeof(block_q5_1)
-                    : sizeof(block_q8_0);
+    const size_t bs = (size_t)lz_type_size(type);
     const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     for (int64_t b = 0; b < n / QK; b++, y += QK) {
         const uint8_t *blk = (const uint8_t *)src + b * bs;
@@ -147,9 +145,7 @@ static inline __attribute__((always_inline)) void dequant_legacy(const int type,
 // K-quants: value = (d * scale) * code - dmin * minimum, per group of 16.
 static inline __attribute__((always_inline)) void dequant_kq(const int type, const void *src,
                                                              float *y, int64_t n) {
-    const size_t bs = type == LZ_Q2_K ? sizeof(block_q2_k) : type == LZ_Q3_K ? sizeof(block_q3_k)
-                    : type == LZ_Q4_K ? sizeof(block_q4_k) : type == LZ_Q5_K ? sizeof(block_q5_k)
-                    : sizeof(block_q6_k);
+    const size_t bs = (size_t)lz_type_size(type);
     for (int64_t b = 0; b < n / QK_K; b++, y += QK_K) {
         const uint8_t *blk = (const uint8_t *)src + b * bs;
         int8_t q[QK_K];
@@ -184,25 +180,25 @@ void lz_dequant_row(int type, const void *src, float *dst, int64_t n) {
 
 // Registered by matmul.c's lz_init_portable.
 void lz_quants_register(lz_kernels *k) {
-    static const struct { int type, block, size, xq; lz_dequant_fn f; } t[] = {
-        {LZ_F32, 1, 4, XQ_F32, dequant_f32},
-        {LZ_F16, 1, 2, XQ_F16, dequant_f16},
-        {LZ_BF16, 1, 2, XQ_BF16, dequant_bf16},
-        {LZ_Q4_0, QK, 18, XQ_Q8, dequant_q4_0},
-        {LZ_Q4_1, QK, 20, XQ_Q8, dequant_q4_1},
-        {LZ_Q5_0, QK, 22, XQ_Q8, dequant_q5_0},
-        {LZ_Q5_1, QK, 24, XQ_Q8, dequant_q5_1},
-        {LZ_Q8_0, QK, 34, XQ_Q8, dequant_q8_0},
-        {LZ_Q2_K, QK_K, 84, XQ_Q8K, dequant_q2_k},
-        {LZ_Q3_K, QK_K, 110, XQ_Q8K, dequant_q3_k},
-        {LZ_Q4_K, QK_K, 144, XQ_Q8K, dequant_q4_k},
-        {LZ_Q5_K, QK_K, 176, XQ_Q8K, dequant_q5_k},
-        {LZ_Q6_K, QK_K, 210, XQ_Q8K, dequant_q6_k},
+    static const struct { int type, xq; lz_dequant_fn f; } t[] = {
+        {LZ_F32, XQ_F32, dequant_f32},
+        {LZ_F16, XQ_F16, dequant_f16},
+        {LZ_BF16, XQ_BF16, dequant_bf16},
+        {LZ_Q4_0, XQ_Q8, dequant_q4_0},
+        {LZ_Q4_1, XQ_Q8, dequant_q4_1},
+        {LZ_Q5_0, XQ_Q8, dequant_q5_0},
+        {LZ_Q5_1, XQ_Q8, dequant_q5_1},
+        {LZ_Q8_0, XQ_Q8, dequant_q8_0},
+        {LZ_Q2_K, XQ_Q8K, dequant_q2_k},
+        {LZ_Q3_K, XQ_Q8K, dequant_q3_k},
+        {LZ_Q4_K, XQ_Q8K, dequant_q4_k},
+        {LZ_Q5_K, XQ_Q8K, dequant_q5_k},
+        {LZ_Q6_K, XQ_Q8K, dequant_q6_k},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         lz_type_ops *o = &k->types[t[i].type];
-        o->block = t[i].block;
-        o->type_size = t[i].size;
+        o->block = LZ_GEOMETRY[t[i].type].block;
+        o->type_size = LZ_GEOMETRY[t[i].type].size;
         o->xq = t[i].xq;
         o->dequant = t[i].f;
     }

@@ -59,6 +59,31 @@ _Static_assert(sizeof(block_q4_k) == 144, "q4_k");
 _Static_assert(sizeof(block_q5_k) == 176, "q5_k");
 _Static_assert(sizeof(block_q6_k) == 210, "q6_k");
 
+// ---------------------------------------------------------------- block geometry
+// Weights per block and bytes per block of every type we compute with: the one table
+// every kernel file reads (runtime/ggml_types.py keeps its own; tests/test_kernels.py
+// checks they agree through lz_block_geometry). Kernels index it with a compile-time
+// type, so the sizes fold to constants.
+typedef struct { int block, size; } lz_geometry;
+static const lz_geometry LZ_GEOMETRY[LZ_NTYPES] = {
+    [LZ_F32] = {1, 4},
+    [LZ_F16] = {1, 2},
+    [LZ_BF16] = {1, 2},
+    [LZ_Q4_0] = {QK, sizeof(block_q4_0)},
+    [LZ_Q4_1] = {QK, sizeof(block_q4_1)},
+    [LZ_Q5_0] = {QK, sizeof(block_q5_0)},
+    [LZ_Q5_1] = {QK, sizeof(block_q5_1)},
+    [LZ_Q8_0] = {QK, sizeof(block_q8_0)},
+    [LZ_Q2_K] = {QK_K, sizeof(block_q2_k)},
+    [LZ_Q3_K] = {QK_K, sizeof(block_q3_k)},
+    [LZ_Q4_K] = {QK_K, sizeof(block_q4_k)},
+    [LZ_Q5_K] = {QK_K, sizeof(block_q5_k)},
+    [LZ_Q6_K] = {QK_K, sizeof(block_q6_k)},
+};
+
+// Bytes of one block of `type` (0 for types the table does not hold).
+static inline int lz_type_size(int type) { return LZ_GEOMETRY[type].size; }
+
 // ---------------------------------------------------------------- activation rows
 // The dot products see activations the way llama.cpp's do (runtime/backend_numpy.py,
 // quantize_activations): we quantize each activation row once per matmul.

@@ -42,6 +42,13 @@
                 fn(type, 1, 1, k, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);      \
     } while (0)
 
+// A kernel-table tile function covering nr x nt with fn's RR x TT register tiles.
+#define DEFINE_TILE(name, fn, type, RR, TT)                                                   \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
+                     size_t xs, int nt, float *y, size_t ldy) {                               \
+        TILES(fn, type, RR, TT);                                                              \
+    }
+
 // The ten quantized types' tiles as one dot product per (row, token):
 // legacy(type, w, x, k) for the 32-weight blocks, kquant(type, w, x, k) for K-quants.
 #define DOT_TILE(name, dot, type)                                                             \

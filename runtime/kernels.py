@@ -231,6 +231,7 @@ SIGNATURES = {
     "lz_set_threads": (None, [_INT]),
     "lz_get_threads": (_INT, []),
     "lz_type_supported": (_INT, [_INT]),
+    "lz_block_geometry": (_INT, [_INT, _P, _P]),
     "lz_matmul": (_INT, [_INT, _P, _I64, _I64, _P, _I64, _I64, _P, _I64]),
     "lz_dequantize": (None, [_INT, _P, _P, _I64]),
     "lz_quantize_act": (_INT, [_INT, _P, _P, _I64]),

@@ -520,6 +520,21 @@ def test_recycled_activation_buffers(built):
     assert all(v == pytest.approx(2.0 / (1.0 + math.exp(-1.0))) for row in cb.to_floats(y) for v in row)
 
 
+def test_block_geometry_agrees_with_python(built):
+    """kernels/quants.h's one block-geometry table and runtime/ggml_types.py's agree
+    on every type either side knows."""
+    import ctypes
+    from runtime.backend_c import CBackend
+    lib = CBackend(n_threads=1).lib
+    block, size = ctypes.c_int(), ctypes.c_int()
+    known = set()
+    for type_id in range(64):
+        if lib.lz_block_geometry(type_id, ctypes.byref(block), ctypes.byref(size)) == 0:
+            known.add(type_id)
+            assert T.TYPES[type_id][1:] == (block.value, size.value), T.type_name(type_id)
+    assert known == set(T.TYPES)
+
+
 @pytest.mark.parametrize("variant", native_variants())
 def test_backend_ops_match_oracle(built, variant):
     from runtime.backend_c import CBackend
