@@ -1,10 +1,13 @@
 """`--bench`: llama-bench's measure on our engine.
 
-Two tests, each repeated `reps` times after one warm-up run: prompt processing
-(pp: n_prompt tokens in batches, from an empty cache) and text generation (tg:
-n_gen tokens one at a time, from an empty cache). Only the forward passes are
-timed: no tokenization, no sampling (tokens are random ids, as llama-bench uses).
-The JSON form carries llama-bench's field names so tools written for it read ours.
+The tests are llama-bench's, with its flags: prompt processing `-p N` (N tokens in
+batches of `-b`), text generation `-n N` (N tokens one at a time), both together
+`-pg P,N` (a prompt of P then N generated; t/s over all P + N), each at a depth
+`-d D` (D tokens already in the cache, put there untimed before the test). Each flag
+takes a comma list and the tests run for every combination, each `reps` times after
+one warm-up run. Only the forward passes are timed: no tokenization, no sampling
+(tokens are random ids, as llama-bench uses). The table has llama-bench's columns;
+the JSON form carries its `-o json` field names so tools written for it read ours.
 """
 
 import json
@@ -14,19 +17,19 @@ import sys
 import time
 
 
-# Starting again at position 0 is an empty cache: attention reads only positions
-# up to the current one, so old entries are overwritten before they are seen.
+# A cache "at depth D" holds D positions; a test writes positions D.. on, so what a
+# depth fill put below D stays valid for every repetition at that depth.
 
-def _pp(model, tokens, batch):
+def _pp(model, tokens, batch, depth):
     for start in range(0, len(tokens), batch):
-        model.forward(tokens[start:start + batch], start)
+        model.forward(tokens[start:start + batch], depth + start)
 
 
-def _tg(model, first, n_gen, vocab):
+def _tg(model, first, n_gen, vocab, depth):
     rng = random.Random(1)
     token = first
-    for pos in range(n_gen):
-        model.forward([token], pos)
+    for i in range(n_gen):
+        model.forward([token], depth + i)
         token = rng.randrange(vocab)
 
 
@@ -38,49 +41,99 @@ def _stats(values):
     return mean, math.sqrt(var)
 
 
-def run_bench(model, n_prompt=128, n_gen=64, reps=5, batch=512, n_threads=1, as_json=False,
-              out=sys.stdout, model_name="model"):
-    cfg = model.config
-    rng = random.Random(0)
+def plan(prompts=(128,), gens=(64,), pgs=(), depths=(0,), batches=(512,)):
+    """The tests as (n_prompt, n_gen, depth, batch), in llama-bench's order."""
     tests = []
-    if n_prompt > 0:
-        tokens = [rng.randrange(cfg.vocab_size) for _ in range(n_prompt)]
-        tests.append(("pp", n_prompt, 0, lambda: _pp(model, tokens, batch)))
-    if n_gen > 0:
-        first = rng.randrange(cfg.vocab_size)
-        tests.append(("tg", 0, n_gen, lambda: _tg(model, first, n_gen, cfg.vocab_size)))
-    if max(n_prompt, n_gen) > model.n_ctx:
-        from runtime.errors import UserError
-        raise UserError(f"--bench needs a context of {max(n_prompt, n_gen)} tokens; raise -c")
+    for batch in batches:
+        for depth in depths:
+            tests += [(p, 0, depth, batch) for p in prompts if p > 0]
+            tests += [(0, n, depth, batch) for n in gens if n > 0]
+            tests += [(p, n, depth, batch) for p, n in pgs]
+    return tests
 
+
+def context_needed(tests):
+    return max([d + p + n for p, n, d, _ in tests] + [1])
+
+
+def test_name(n_prompt, n_gen, depth):
+    name = (f"pp{n_prompt}+tg{n_gen}" if n_prompt and n_gen
+            else f"pp{n_prompt}" if n_prompt else f"tg{n_gen}")
+    return name + (f" @ d{depth}" if depth else "")
+
+
+def describe_size(n_bytes):
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.2f} MiB"
+
+
+def run_bench(model, tests, reps=5, n_threads=1, as_json=False, out=sys.stdout,
+              model_name="model", model_size=0, n_params=0):
+    cfg = model.config
+    vocab = cfg.vocab_size
+    rng = random.Random(0)
     results = []
-    for kind, n_p, n_g, fn in tests:
-        fn()  # warm-up: page in the weights, spin up the thread pool
+    filled = None   # (depth) the cache holds now
+    for n_p, n_g, depth, batch in tests:
+        if depth and filled != depth:
+            fill = [rng.randrange(vocab) for _ in range(depth)]
+            _pp(model, fill, batch, 0)
+            filled = depth
+        prompt = [rng.randrange(vocab) for _ in range(n_p)]
+        first = rng.randrange(vocab)
+
+        def once():
+            if n_p:
+                _pp(model, prompt, batch, depth)
+            if n_g:
+                _tg(model, first, n_g, vocab, depth + n_p)
+
+        once()  # warm-up: page in the weights, spin up the thread pool
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            fn()
+            once()
             times.append(time.perf_counter() - t0)
-        n_tokens = n_p + n_g
-        rates = [n_tokens / t for t in times]
+        rates = [(n_p + n_g) / t for t in times]
         avg_ts, stddev_ts = _stats(rates)
         avg_ns, stddev_ns = _stats([t * 1e9 for t in times])
         results.append({
             "model_filename": model_name, "model_type": cfg.arch,
+            "model_size": model_size, "model_n_params": n_params,
             "backends": model.backend.name, "n_threads": n_threads, "n_batch": batch,
-            "n_prompt": n_p, "n_gen": n_g, "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                     time.gmtime()),
+            "n_prompt": n_p, "n_gen": n_g, "n_depth": depth,
+            "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "avg_ns": int(avg_ns), "stddev_ns": int(stddev_ns),
             "avg_ts": avg_ts, "stddev_ts": stddev_ts,
             "samples_ns": [int(t * 1e9) for t in times], "samples_ts": rates,
         })
+        if not as_json:
+            if len(results) == 1:
+                _table_head(out, tests)
+            _table_row(out, results[-1], tests)
+            out.flush()
     if as_json:
         print(json.dumps(results, indent=2), file=out)
-    else:
-        print("| model | backend | threads | test | t/s |", file=out)
-        print("| --- | --- | ---: | ---: | ---: |", file=out)
-        for r in results:
-            test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-            print(f"| {model_name} | {r['backends']} | {n_threads} | {test} | "
-                  f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f} |", file=out)
     return results
+
+
+def _show_batch(tests):
+    # llama-bench shows n_batch only when it is not its default
+    return any(b != 512 for _, _, _, b in tests)
+
+
+def _table_head(out, tests):
+    cols = ["model", "size", "params", "backend", "threads"] + \
+        (["n_batch"] if _show_batch(tests) else []) + ["test", "t/s"]
+    print("| " + " | ".join(cols) + " |", file=out)
+    print("| " + " | ".join("---" if c in ("model", "backend") else "---:" for c in cols) + " |",
+          file=out)
+
+
+def _table_row(out, r, tests):
+    cells = [r["model_filename"], describe_size(r["model_size"]),
+             f"{r['model_n_params'] / 1e9:.2f} B", r["backends"], str(r["n_threads"])]
+    if _show_batch(tests):
+        cells.append(str(r["n_batch"]))
+    cells += [test_name(r["n_prompt"], r["n_gen"], r["n_depth"]),
+              f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"]
+    print("| " + " | ".join(cells) + " |", file=out)

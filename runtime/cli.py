@@ -31,6 +31,20 @@ CHAT_REPEAT_PENALTY = 1.1
 COMPLETION_REPEAT_PENALTY = 1.0
 
 
+def counts(text):
+    """A number, or with --bench a comma list of them (llama-bench's `-n 32,128`)."""
+    values = [int(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def pair(text):
+    """`-pg 512,128`: a prompt and a generation length."""
+    values = [int(v) for v in text.split(",")]
+    if len(values) != 2 or min(values) < 0:
+        raise ValueError(text)
+    return tuple(values)
+
+
 def build_parser(bundle=False):
     """The flags; a bundle carries its model, so it has no -m."""
     what = "the language model this file carries" if bundle else "a GGUF language model"
@@ -41,12 +55,12 @@ def build_parser(bundle=False):
     p.add_argument("-p", "--prompt", help="prompt text to complete (without -p or -f: chat, taking text "
                    "piped in as one message)")
     p.add_argument("-f", "--file", help="read the prompt (or perplexity text) from a file")
-    p.add_argument("-n", "--n-predict", type=int, default=None,
+    p.add_argument("-n", "--n-predict", type=counts, default=None,
                    help=f"tokens to generate; -1: until end of text or full context (the "
                         f"default), in chat per reply at most {CHAT_REPLY_MAX} by default")
     p.add_argument("-c", "--ctx-size", type=int, default=0,
                    help="context size in tokens (0: the model's, at most 4096)")
-    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt batch size")
+    p.add_argument("-b", "--batch-size", type=counts, default=512, help="prompt batch size")
     p.add_argument("-t", "--threads", type=int, default=0,
                    help="threads (0: every CPU this process may use; more is capped to that)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy; default 0.8)")
@@ -86,7 +100,13 @@ def build_parser(bundle=False):
     bench = p.add_argument_group("benchmark (--bench, llama-bench's measure)")
     bench.add_argument("--bench", action="store_true",
                        help="time prompt processing (-p N tokens, default 128) and "
-                            "generation (-n N tokens, default 64)")
+                            "generation (-n N tokens, default 64); -p, -n, -b and -d "
+                            "take comma lists, as llama-bench's do")
+    bench.add_argument("-d", "--n-depth", type=str, metavar="D[,D...]",
+                       help="tokens already in the cache when each test starts (default 0)")
+    bench.add_argument("-pg", type=pair, action="append", default=[], metavar="P,N",
+                       help="a prompt of P tokens then N generated, timed together "
+                            "(repeatable)")
     bench.add_argument("-r", "--repetitions", type=int, default=5)
     bench.add_argument("--json", action="store_true", help="llama-bench -o json output")
     server = p.add_argument_group("server (--server)")
@@ -138,11 +158,13 @@ def _need(ok, message):
 def validate(args):
     """Every numeric flag in its range, every text flag UTF-8: one line naming the flag
     and what it takes, before any model is read."""
-    n = args.n_predict
-    _need(n is None or n >= -1, f"-n {n}: pass -1 (until the end) or a number of tokens >= 0")
+    n = args.n_predict   # lists (--bench only) are checked by cmd_bench
+    _need(n is None or isinstance(n, list) or n >= -1,
+          f"-n {n}: pass -1 (until the end) or a number of tokens >= 0")
     _need(0 <= args.ctx_size <= MAX_CONTEXT,
           f"-c {args.ctx_size}: pass 0 (the model's size) or 1..{MAX_CONTEXT} tokens")
-    _need(args.batch_size >= 1, f"-b {args.batch_size}: the batch size must be 1 or more")
+    _need(isinstance(args.batch_size, list) or args.batch_size >= 1,
+          f"-b {args.batch_size}: the batch size must be 1 or more")
     _need(args.threads >= 0, f"-t {args.threads}: pass 0 (every CPU this process may use) "
           "or a number of threads")
     _need(math.isfinite(args.temp) and args.temp >= 0,
@@ -331,17 +353,56 @@ def wants_chat(args):
     return args.chat or (args.prompt is None and args.file is None)
 
 
+def _bench_list(text, flag, default):
+    if text is None:
+        return list(default)
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"with --bench, {flag} takes numbers, comma separated "
+                        f"(e.g. {flag} 128,512); got {text!r}") from None
+    if min(values) < 0:
+        raise UserError(f"{flag} {text}: counts cannot be negative")
+    return values
+
+
 def cmd_bench(args, gguf):
-    from runtime.bench import run_bench
-    prompt = args.prompt if args.prompt is not None else "128"
-    if not prompt.isdigit():
-        raise UserError("with --bench, -p is the number of prompt tokens (e.g. -p 128)")
-    n_prompt = int(prompt)
-    n_gen = args.n_predict if args.n_predict >= 0 else 64
-    session = session_for(args, gguf, args.ctx_size or max(n_prompt, n_gen, 1))
-    run_bench(session.model, n_prompt, n_gen, args.repetitions, args.batch_size,
-              session.model.backend.n_threads, args.json, model_name=os.path.basename(gguf.source))
+    from runtime.bench import context_needed, plan, run_bench
+    as_list = lambda v: None if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    prompts = _bench_list(args.prompt, "-p", [128] if not args.pg else [])
+    gens = _bench_list(None if args.n_predict == -1 else as_list(args.n_predict), "-n",
+                       [64] if not args.pg else [])
+    depths = _bench_list(args.n_depth, "-d", [0])
+    batches = _bench_list(as_list(args.batch_size), "-b", [512])
+    if min(batches) < 1:
+        raise UserError("-b: the batch size must be at least 1")
+    tests = plan(prompts, gens, args.pg, depths, batches)
+    if not tests:
+        raise UserError("--bench has no test to run: give -p or -n above 0, or -pg")
+    n_ctx = args.ctx_size or context_needed(tests)
+    if n_ctx < context_needed(tests):
+        raise UserError(f"--bench needs a context of {context_needed(tests)} tokens; raise -c")
+    from runtime.loader import load_session
+    session = load_session(gguf, backend=args.backend, threads=args.threads, n_ctx=n_ctx,
+                           batch_size=max(batches), verbose=args.verbose)
+    threads = session.model.backend.n_threads
+    size = sum(t.nbytes for t in gguf.tensors.values())
+    n_params = sum(t.n_elements for t in gguf.tensors.values())
+    run_bench(session.model, tests, args.repetitions, threads, args.json,
+              model_name=os.path.basename(gguf.source), model_size=size, n_params=n_params)
     return 0
+
+
+def refuse_bench_only_flags(args):
+    """Comma lists, -d and -pg mean something only to --bench: elsewhere say so."""
+    if args.bench:
+        return
+    for flag, value in (("-n", args.n_predict), ("-b", args.batch_size)):
+        if isinstance(value, list):
+            raise UserError(f"{flag} takes one number; comma lists are for --bench")
+    if args.n_depth is not None or args.pg:
+        raise UserError(f"{'-d' if args.n_depth is not None else '-pg'} is a --bench option; "
+                        "add --bench or drop it")
 
 
 def run(argv=None, bundle=None):
@@ -352,6 +413,7 @@ def run(argv=None, bundle=None):
         from runtime.archive import open_current
         argv, model_region = open_current(bundle[0], argv, bundle[1])
     args = build_parser(bundle=model_region is not None).parse_args(argv)
+    refuse_bench_only_flags(args)
     validate(args)
     chat = not (args.verify or args.tokenize or args.server or args.info or args.bench
                 or args.perplexity) and wants_chat(args)

@@ -171,6 +171,33 @@ def test_bad_inputs_get_one_line_and_exit_2(tmp_path, spm_model):
     _one_line_error(run_cli("-m", spm_model, "-n", "many"), "--help")
 
 
+def test_bench_runs_llama_bench_test_grid(spm_model):
+    """--bench takes llama-bench's lists (-p, -n, -b, -d) and -pg, and runs every
+    combination: pp and tg per depth and batch, the pg pair, with its field names."""
+    import json
+    r = run_cli("-m", spm_model, "--bench", "--json", "-p", "8,16", "-n", "4", "-d", "0,8",
+                "-b", "4,16", "-pg", "8,2", "-r", "1", "-t", "1", "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    got = [(t["n_prompt"], t["n_gen"], t["n_depth"], t["n_batch"]) for t in json.loads(r.stdout)]
+    want = [(p, n, d, b) for b in (4, 16) for d in (0, 8)
+            for p, n in ((8, 0), (16, 0), (0, 4), (8, 2))]
+    assert got == want
+    r = run_cli("-m", spm_model, "--bench", "-p", "8", "-n", "2", "-d", "4", "-r", "1", "-t", "1",
+                "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "t/s" not in line
+            and "---" not in line]
+    assert [row.split(" | ")[-2] for row in rows] == ["pp8 @ d4", "tg2 @ d4"]
+
+
+def test_bench_only_flags_are_refused_elsewhere(spm_model):
+    _one_line_error(run_cli("-m", spm_model, "-p", "hi", "-n", "3,4"), "-n", "--bench")
+    _one_line_error(run_cli("-m", spm_model, "-p", "hi", "-d", "64"), "-d", "--bench")
+    _one_line_error(run_cli("-m", spm_model, "--bench", "-p", "x,8"), "-p", "comma")
+    _one_line_error(run_cli("-m", spm_model, "--bench", "-p", "16", "-n", "4", "-c", "8"),
+                    "context", "-c")
+
+
 def test_unsupported_architecture_and_tensor_type(tmp_path):
     spm_path = synthetic.train_spm(str(tmp_path / "spm"))
     arch = synthetic.write_model(str(tmp_path / "arch.gguf"), spm_path, arch="bloom")
