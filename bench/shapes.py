@@ -233,7 +233,7 @@ def make(name, qtypes, quantize, keep_f16=False, threads=None):
     shape = SHAPES[name]
     f16 = path_for(name, "F16")
     todo = [q for q in qtypes if q != "F16" and not os.path.exists(path_for(name, q))]
-    if todo and not os.path.exists(f16):
+    if (todo or "F16" in qtypes) and not os.path.exists(f16):
         need = sum(int(np.prod(s)) * np.dtype(t).itemsize for _, s, t in tensor_list(shape))
         free = shutil.disk_usage(CACHE).free
         if free < need * 1.5:

@@ -29,6 +29,8 @@
 //   int64_t lz_topk(x, n, k, idx, val)           the k largest entries, largest first
 //   double lz_logprob(x, n, target)              log softmax(x)[target]
 //   uint64_t lz_stream_read(buf, nbytes)     read a buffer with all threads (benchmarks)
+#include <stdatomic.h>
+
 #include "ops.h"
 #include "quants.h"
 #include "threads.h"
@@ -107,15 +109,21 @@ LZ_API int lz_quantize_act(int type, const float *x, float *out, int64_t k) {
 
 // ---------------------------------------------------------------- benchmarking
 
-typedef struct { const uint64_t *p; int64_t n; uint64_t out[256]; } read_job;
+#define READ_CHUNK ((int64_t)1 << 17)   // words claimed at a time (1 MiB)
+
+typedef struct { const uint64_t *p; int64_t n; uint64_t out[256]; atomic_llong next; } read_job;
 
 static void read_worker(void *arg, int ith, int nth) {
+    (void)nth;
     read_job *j = (read_job *)arg;
-    int64_t per = (j->n / nth + 63) & ~(int64_t)63;
-    int64_t lo = per * ith, hi = lo + per < j->n ? lo + per : j->n;
     uint64_t a = 0, b = 0, c = 0, d = 0;
-    for (int64_t i = lo; i + 4 <= hi; i += 4) {
-        a += j->p[i]; b += j->p[i + 1]; c += j->p[i + 2]; d += j->p[i + 3];
+    for (;;) {
+        int64_t lo = atomic_fetch_add_explicit(&j->next, READ_CHUNK, memory_order_relaxed);
+        if (lo >= j->n) break;
+        int64_t hi = lo + READ_CHUNK < j->n ? lo + READ_CHUNK : j->n;
+        for (int64_t i = lo; i + 4 <= hi; i += 4) {
+            a += j->p[i]; b += j->p[i + 1]; c += j->p[i + 2]; d += j->p[i + 3];
+        }
     }
     j->out[ith & 255] = a + b + c + d;
 }
@@ -127,6 +135,7 @@ LZ_API uint64_t lz_stream_read(const void *buf, int64_t nbytes) {
     j.p = (const uint64_t *)buf;
     j.n = nbytes / 8;
     memset(j.out, 0, sizeof j.out);
+    atomic_init(&j.next, 0);
     lz_pool_run(read_worker, &j);
     uint64_t s = 0;
     for (int i = 0; i < 256; i++) s += j.out[i];

@@ -197,11 +197,17 @@ typedef struct {
     int64_t ldx, k, n;
     uint8_t *xq;
     size_t xs;
+    atomic_llong next;   // rows are claimed one at a time (threads.h)
 } quant_job;
 
 static void quant_worker(void *p, int ith, int nth) {
+    (void)ith; (void)nth;
     quant_job *j = (quant_job *)p;
-    for (int64_t t = ith; t < j->n; t += nth) j->quant(j->x + t * j->ldx, j->xq + t * j->xs, j->k);
+    for (;;) {
+        int64_t t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (t >= j->n) break;
+        j->quant(j->x + t * j->ldx, j->xq + t * j->xs, j->k);
+    }
 }
 
 typedef struct {
@@ -259,7 +265,7 @@ LZ_API int lz_matmul(int type, const void *w, int64_t rows, int64_t k, const flo
         xs = xq_row_bytes(ops->xq, k);
         uint8_t *buf = get_scratch(xs * (size_t)n);
         if (!buf) return -3;
-        quant_job qj = {lz_k.quant[ops->xq], x, ldx, k, n, buf, xs};
+        quant_job qj = {lz_k.quant[ops->xq], x, ldx, k, n, buf, xs, 0};
         if (n >= 4 && nth > 1) lz_pool_run(quant_worker, &qj);
         else quant_worker(&qj, 0, 1);
         xq = buf;

@@ -2,8 +2,16 @@
 //
 // A token's forward pass makes a few hundred short calls, microseconds apart, so
 // waking sleeping threads for each would cost more than the work. Workers spin on
-// the job counter for a while (LZ_SPIN_NS) after each job, and only then sleep on
-// a condition variable; the caller spins for the workers to finish.
+// the job counter for a while (spin_ns) after each job, and only then sleep on a
+// condition variable.
+//
+// Jobs share their work out by claiming tasks from a counter, so whoever is running
+// does all of it: the caller never waits for a worker that has not joined. When the
+// caller's own call returns, the job is closed; a worker that comes late (its core
+// busy with another process, or descheduled on a loaded host) finds it closed and
+// goes back to waiting, and the caller waits only for workers inside the job, which
+// are finishing a task they claimed. Waiting for every worker at every call instead
+// made one busy core stall each of the hundreds of calls per token for a time slice.
 // clock_gettime and friends are POSIX, hidden by -std=c11 unless asked for
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -25,11 +33,15 @@
 #define cpu_relax() ((void)0)
 #endif
 
+#define CLOSED ((uint64_t)1 << 31)
+#define INSIDE (CLOSED - 1)
+
 static struct {
     int n;                      // threads taking part, the caller included
     pthread_t tid[LZ_MAX_THREADS];
     atomic_uint gen;            // bumped once per job
-    atomic_int pending;         // workers still running the current job
+    // the open job: its generation (high 32 bits), CLOSED, and the workers inside it
+    _Atomic uint64_t state;
     atomic_int sleeping;        // workers blocked on cv
     atomic_int stop;
     lz_job_fn fn;
@@ -45,7 +57,16 @@ static struct {
     .cv = PTHREAD_COND_INITIALIZER,
     .run_mu = PTHREAD_MUTEX_INITIALIZER,
     .spin_ns = 2000000,
+    .state = CLOSED,
 };
+
+// Join job `gen` if it is still open: 1 when joined.
+static int enter_job(unsigned gen) {
+    uint64_t s = atomic_load(&pool.state);
+    while ((unsigned)(s >> 32) == gen && !(s & CLOSED))
+        if (atomic_compare_exchange_weak(&pool.state, &s, s + 1)) return 1;
+    return 0;
+}
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -82,8 +103,9 @@ static void *worker(void *p) {
         }
         if (atomic_load(&pool.stop)) return NULL;
         seen = atomic_load(&pool.gen);
+        if (!enter_job(seen)) continue;   // came too late: the caller did the work
         pool.fn(pool.arg, ith, pool.n);
-        atomic_fetch_sub(&pool.pending, 1);
+        atomic_fetch_sub(&pool.state, 1);
     }
 }
 
@@ -102,7 +124,7 @@ static void stop_workers(void) {
 static void after_fork_child(void) {
     pool.n = 1;
     atomic_store(&pool.sleeping, 0);
-    atomic_store(&pool.pending, 0);
+    atomic_store(&pool.state, CLOSED);
     pthread_mutex_init(&pool.mu, NULL);
     pthread_cond_init(&pool.cv, NULL);
     pthread_mutex_init(&pool.run_mu, NULL);
@@ -145,21 +167,24 @@ void lz_pool_run(lz_job_fn fn, void *arg) {
         pthread_mutex_unlock(&pool.run_mu);
         return;
     }
+    // the previous job is closed, so no worker reads fn and arg while they change
     pool.fn = fn;
     pool.arg = arg;
-    atomic_store(&pool.pending, pool.n - 1);
-    atomic_fetch_add(&pool.gen, 1);
+    unsigned gen = atomic_load(&pool.gen) + 1;
+    atomic_store(&pool.state, (uint64_t)gen << 32);   // open, nobody inside
+    atomic_store(&pool.gen, gen);
     if (atomic_load(&pool.sleeping)) {
         pthread_mutex_lock(&pool.mu);
         pthread_cond_broadcast(&pool.cv);
         pthread_mutex_unlock(&pool.mu);
     }
     fn(arg, 0, pool.n);
+    atomic_fetch_or(&pool.state, CLOSED);
     unsigned spins = 0;
-    while (atomic_load(&pool.pending) > 0) {
+    while (atomic_load(&pool.state) & INSIDE) {
         cpu_relax();
-        // a worker descheduled (more threads than cores): give it the core
-        if (++spins > (1u << 16)) sched_yield();
+        // a worker inside was descheduled mid-task: give it the core
+        if (++spins > (1u << 12)) sched_yield();
     }
     pthread_mutex_unlock(&pool.run_mu);
 }
