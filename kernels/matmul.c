@@ -284,11 +284,13 @@ LZ_API int lz_matmul(int type, const void *w, int64_t rows, int64_t k, const flo
     j.ldy = (size_t)ldy;
     const int rp = ops->rows_pref, tp = ops->toks_pref;
     // Token chunks of up to 64 keep a chunk's activations in L2 while its weight
-    // rows stream past; row chunks give each thread several tasks to even out.
+    // rows stream past; row chunks give each thread several tasks to even out, and
+    // small enough ones that a thread descheduled mid-task (a busy core) holds up
+    // the others for little: 8 per thread.
     j.tchunk = n <= 64 ? n : 64;
     j.tchunk = (j.tchunk + tp - 1) / tp * tp;
     j.n_tc = (n + j.tchunk - 1) / j.tchunk;
-    int64_t want = (int64_t)nth * 4;
+    int64_t want = (int64_t)nth * 8;
     int64_t rc = rows * j.n_tc / want;
     if (n > 1 && rc > 64) rc = 64;
     if (rc < rp) rc = rp;

@@ -245,6 +245,57 @@ static float dot_qk(const float *q, const lz_half *k, int n) {
     return sum;
 }
 
+#if defined(__AVX512F__)
+// Scores of 16 keys at once: sc[j] = dot_qk(q, keys[j]) * scale, bit for bit. Each
+// key's products are summed lane-wise as dot_qk does (two accumulators, added);
+// then the 16 horizontal sums run together, as a transpose: each step adds the
+// same lane pairs _mm512_reduce_add_ps adds (i + 8, i + 4, i + 2, i + 1), for two,
+// four, eight keys per instruction instead of one key's chain at a time.
+static void scores16(const float *q, const lz_half *k, int64_t stride, int n, float scale,
+                     float *sc) {
+    __m512 v[16];
+    for (int j = 0; j < 16; j++) {
+        const lz_half *kj = k + j * stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        int d = 0;
+        for (; d + 32 <= n; d += 32) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d))), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d + 16))), a1);
+        }
+        if (d < n)
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d))), a0);
+        v[j] = _mm512_add_ps(a0, a1);
+    }
+    // lanes i + (i + 8): key pairs (j, j + 8) -> [j's 8 | j+8's 8]
+    __m512 l1[8];
+    for (int j = 0; j < 8; j++)
+        l1[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(3, 2, 3, 2)));
+    // + 4: [j | j+8 | j+4 | j+12], 4 lanes each
+    __m512 l2[4];
+    for (int j = 0; j < 4; j++)
+        l2[j] = _mm512_add_ps(_mm512_shuffle_f32x4(l1[j], l1[j + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(l1[j], l1[j + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    // + 2 within each 128-bit lane: [j j+2 | j+8 j+10 | j+4 j+6 | j+12 j+14], 2 each
+    __m512 l3[2];
+    for (int j = 0; j < 2; j++) {
+        __m512d a = _mm512_castps_pd(l2[j]), b = _mm512_castps_pd(l2[j + 2]);
+        l3[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                              _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // + 1: lane i of 128-bit lane L holds one key's sum
+    __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    // lanes now hold keys 0 2 1 3 | 8 10 9 11 | 4 6 5 7 | 12 14 13 15: put them in order
+    const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+    sums = _mm512_permutexvar_ps(order, sums);
+    _mm512_storeu_ps(sc, _mm512_mul_ps(sums, _mm512_set1_ps(scale)));
+}
+#endif
+
 // acc = f16(f16(acc * ms) + v * vs), the reference's two roundings (the first only
 // when a new maximum shrinks what was accumulated, ms != 1).
 static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, int shrink) {
@@ -411,7 +462,13 @@ static void attn_worker(void *p, int ith, int nth) {
             // queries meet the f16 keys as f16 themselves
             for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)(h0 + g) * hd + d];
             round16_row(q, hd);
-            for (int64_t t = lo; t <= qpos; t++)
+            int64_t t = lo;
+#if defined(__AVX512F__)
+            if (hd % 16 == 0)
+                for (; t + 16 <= qpos + 1; t += 16)
+                    scores16(q, kc + t * j->kv_dim, j->kv_dim, hd, j->scale, sc + (t - lo));
+#endif
+            for (; t <= qpos; t++)
                 sc[t - lo] = dot_qk(q, kc + t * j->kv_dim, hd) * j->scale;
             sum[g] = softmax_factors(sc, ms[g], vs[g], n);
         }
