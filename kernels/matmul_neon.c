@@ -37,45 +37,59 @@ AI int8x16_t s8(uint8x16_t v) { return vreinterpretq_s8_u8(v); }
 
 // ---------------------------------------------------------------- 32-blocks
 
-AI float legacy_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
+// R rows x T tokens: each block is unpacked once and met by all T tokens (prompt
+// batches and batched decoding); per token the sums run as in a one-token dot, so a
+// result does not depend on the tile it was computed in.
+AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                    size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = lz_type_size(type);
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK;
-    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
     const uint8x16_t m4 = vdupq_n_u8(0x0F), h5 = vdupq_n_u8(0x10);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    float accm = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * bs;
-        int8x16_t w0, w1;
-        if (type == LZ_Q8_0) {
-            w0 = vld1q_s8((const int8_t *)blk + 2);
-            w1 = vld1q_s8((const int8_t *)blk + 18);
-        } else {
-            const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
-            uint8x16_t v = vld1q_u8(blk + qs);
-            uint8x16_t lo = vandq_u8(v, m4), hi = vshrq_n_u8(v, 4);
-            if (type == LZ_Q5_0 || type == LZ_Q5_1) {
-                uint32_t qh = ld32(blk + (type == LZ_Q5_0 ? 2 : 4));
-                lo = vorrq_u8(lo, vandq_u8(bits16(qh), h5));
-                hi = vorrq_u8(hi, vandq_u8(bits16(qh >> 16), h5));
-            }
-            w0 = s8(lo);
-            w1 = s8(hi);
-            if (type == LZ_Q4_0) {
-                w0 = vsubq_s8(w0, vdupq_n_s8(8));
-                w1 = vsubq_s8(w1, vdupq_n_s8(8));
-            } else if (type == LZ_Q5_0) {
-                w0 = vsubq_s8(w0, vdupq_n_s8(16));
-                w1 = vsubq_s8(w1, vdupq_n_s8(16));
+    for (int r = 0; r < R; r++) {
+        const uint8_t *row = w + r * ws;
+        float32x4_t acc[T];
+        float accm[T];
+        for (int t = 0; t < T; t++) {
+            acc[t] = vdupq_n_f32(0.0f);
+            accm[t] = 0.0f;
+        }
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bs;
+            int8x16_t w0, w1;
+            if (type == LZ_Q8_0) {
+                w0 = vld1q_s8((const int8_t *)blk + 2);
+                w1 = vld1q_s8((const int8_t *)blk + 18);
             } else {
-                accm += h2f(blk + 2) * sx[b]; // the minimum meets sum(x)
+                const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
+                uint8x16_t v = vld1q_u8(blk + qs);
+                uint8x16_t lo = vandq_u8(v, m4), hi = vshrq_n_u8(v, 4);
+                if (type == LZ_Q5_0 || type == LZ_Q5_1) {
+                    uint32_t qh = ld32(blk + (type == LZ_Q5_0 ? 2 : 4));
+                    lo = vorrq_u8(lo, vandq_u8(bits16(qh), h5));
+                    hi = vorrq_u8(hi, vandq_u8(bits16(qh >> 16), h5));
+                }
+                w0 = s8(lo);
+                w1 = s8(hi);
+                if (type == LZ_Q4_0) {
+                    w0 = vsubq_s8(w0, vdupq_n_s8(8));
+                    w1 = vsubq_s8(w1, vdupq_n_s8(8));
+                } else if (type == LZ_Q5_0) {
+                    w0 = vsubq_s8(w0, vdupq_n_s8(16));
+                    w1 = vsubq_s8(w1, vdupq_n_s8(16));
+                }
+            }
+            const float d = h2f(blk), m = with_min ? h2f(blk + 2) : 0.0f;
+            for (int t = 0; t < T; t++) {
+                const uint8_t *xt = x + t * xs;
+                const int8_t *xb = (const int8_t *)xt + 32 * b;
+                int32x4_t s = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(xb)), w1, vld1q_s8(xb + 16));
+                acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), d * xq8_d(xt, k)[b]);
+                if (with_min) accm[t] += m * xq8_s(xt, k)[b];   // the minimum meets sum(x)
             }
         }
-        const int8_t *xb = (const int8_t *)x + 32 * b;
-        int32x4_t s = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(xb)), w1, vld1q_s8(xb + 16));
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h2f(blk) * dx[b]);
+        for (int t = 0; t < T; t++) y[t * ldy + r] = vaddvq_f32(acc[t]) + accm[t];
     }
-    return vaddvq_f32(acc) + accm;
 }
 
 // ---------------------------------------------------------------- K-quants
@@ -112,37 +126,57 @@ AI int8x16_t kq_part(const int type, const uint8_t *b, int j, int h) {
     return vsubq_s8(s8(vorrq_u8(v, vshlq_n_u8(hb, 2))), vdupq_n_s8(4));
 }
 
-AI float kq_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
+// R rows x T tokens; each super-block's scales and weights are unpacked once for
+// all T tokens.
+AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = lz_type_size(type);
     const int64_t nsb = k / QK_K;
-    const float *dx = xq8k_d(x, k);
-    const int16_t *bsums = xq8k_bsums(x, k);
-    float sum = 0.0f;
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = w + sb * bs;
-        const int8_t *xq = (const int8_t *)x + sb * QK_K;
-        const int16_t *bs16 = bsums + sb * 16;
-        int sc[16], mn[16];
-        float d, dmin;
-        lz_kq_scales(type, blk, sc, mn, &d, &dmin);
-        int32x4_t acc = vdupq_n_s32(0);
-        for (int j = 0; j < 8; j++)
-            for (int h = 0; h < 2; h++) {
-                int32x4_t p = dot16(vdupq_n_s32(0), kq_part(type, blk, j, h), vld1q_s8(xq + 32 * j + 16 * h));
-                acc = vmlaq_n_s32(acc, p, sc[2 * j + h]);
+    for (int r = 0; r < R; r++) {
+        float sum[T];
+        for (int t = 0; t < T; t++) sum[t] = 0.0f;
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            const uint8_t *blk = w + r * ws + sb * bs;
+            int sc[16], mn[16];
+            float d, dmin;
+            lz_kq_scales(type, blk, sc, mn, &d, &dmin);
+            int32x4_t acc[T];
+            for (int t = 0; t < T; t++) acc[t] = vdupq_n_s32(0);
+            for (int j = 0; j < 8; j++)
+                for (int h = 0; h < 2; h++) {
+                    const int8x16_t part = kq_part(type, blk, j, h);
+                    for (int t = 0; t < T; t++) {
+                        const int8_t *xq = (const int8_t *)(x + t * xs) + sb * QK_K;
+                        int32x4_t p = dot16(vdupq_n_s32(0), part, vld1q_s8(xq + 32 * j + 16 * h));
+                        acc[t] = vmlaq_n_s32(acc[t], p, sc[2 * j + h]);
+                    }
+                }
+            for (int t = 0; t < T; t++) {
+                const int16_t *bs16 = xq8k_bsums(x + t * xs, k) + sb * 16;
+                int msum = 0;
+                for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
+                sum[t] += xq8k_d(x + t * xs, k)[sb] * (d * (float)vaddvq_s32(acc[t]) - dmin * (float)msum);
             }
-        int msum = 0;
-        for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
-        sum += dx[sb] * (d * (float)vaddvq_s32(acc) - dmin * (float)msum);
+        }
+        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[t];
     }
-    return sum;
 }
 
 // ---------------------------------------------------------------- tiles
 
-// One token at a time (LEGACY_T = KQ_T = 1), as the portable kernels do.
-#define LEGACY_T 1
-#define KQ_T 1
-DOT_TILES(legacy_dot, kq_dot)
+// Tiles of 1 row x 4 tokens: a block is unpacked once per 4 tokens (measured under
+// qemu only, so no finer tuning; the 32 vector registers would hold wider tiles).
+#define LEGACY_T 4
+#define KQ_T 4
+DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, 1, LEGACY_T)
+DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, 1, LEGACY_T)
+DEFINE_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, 1, LEGACY_T)
+DEFINE_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, 1, LEGACY_T)
+DEFINE_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, 1, LEGACY_T)
+DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, 1, KQ_T)
+DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, 1, KQ_T)
+DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, 1, KQ_T)
+DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, 1, KQ_T)
+DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, 1, KQ_T)
 
 void lz_init_neon(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }

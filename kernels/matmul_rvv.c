@@ -31,44 +31,53 @@ AI vint8m1_t s8(vuint8m1_t v) { return __riscv_vreinterpret_v_u8m1_i8m1(v); }
 
 // ---------------------------------------------------------------- 32-blocks
 
-AI float legacy_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
+// R rows x T tokens: each block is unpacked once and met by all T tokens; per token
+// the sums run as in a one-token dot, so a result does not depend on its tile.
+AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                    size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const size_t vl = 16;
     const int bs = lz_type_size(type);
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK;
-    const float *dx = xq8_d(x, k), *sx = xq8_s(x, k);
-    float sum = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * bs;
-        const int8_t *xb = (const int8_t *)x + 32 * b;
-        vint8m1_t w0, w1;
-        if (type == LZ_Q8_0) {
-            w0 = __riscv_vle8_v_i8m1((const int8_t *)blk + 2, vl);
-            w1 = __riscv_vle8_v_i8m1((const int8_t *)blk + 18, vl);
-        } else {
-            const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
-            vuint8m1_t v = __riscv_vle8_v_u8m1(blk + qs, vl);
-            vuint8m1_t lo = __riscv_vand_vx_u8m1(v, 0x0F, vl);
-            vuint8m1_t hi = __riscv_vsrl_vx_u8m1(v, 4, vl);
-            if (type == LZ_Q5_0 || type == LZ_Q5_1) {
-                const uint8_t *qh = blk + (type == LZ_Q5_0 ? 2 : 4);
-                vbool8_t m0 = __riscv_vlm_v_b8(qh, vl), m1 = __riscv_vlm_v_b8(qh + 2, vl);
-                lo = __riscv_vor_vx_u8m1_mu(m0, lo, lo, 0x10, vl);
-                hi = __riscv_vor_vx_u8m1_mu(m1, hi, hi, 0x10, vl);
-            }
-            w0 = s8(lo);
-            w1 = s8(hi);
-            if (type == LZ_Q4_0 || type == LZ_Q5_0) {
-                const int off = type == LZ_Q4_0 ? 8 : 16;
-                w0 = __riscv_vsub_vx_i8m1(w0, off, vl);
-                w1 = __riscv_vsub_vx_i8m1(w1, off, vl);
+    for (int r = 0; r < R; r++) {
+        float sum[T];
+        for (int t = 0; t < T; t++) sum[t] = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = w + r * ws + b * bs;
+            vint8m1_t w0, w1;
+            if (type == LZ_Q8_0) {
+                w0 = __riscv_vle8_v_i8m1((const int8_t *)blk + 2, vl);
+                w1 = __riscv_vle8_v_i8m1((const int8_t *)blk + 18, vl);
             } else {
-                sum += h2f(blk + 2) * sx[b]; // the minimum meets sum(x)
+                const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
+                vuint8m1_t v = __riscv_vle8_v_u8m1(blk + qs, vl);
+                vuint8m1_t lo = __riscv_vand_vx_u8m1(v, 0x0F, vl);
+                vuint8m1_t hi = __riscv_vsrl_vx_u8m1(v, 4, vl);
+                if (type == LZ_Q5_0 || type == LZ_Q5_1) {
+                    const uint8_t *qh = blk + (type == LZ_Q5_0 ? 2 : 4);
+                    vbool8_t m0 = __riscv_vlm_v_b8(qh, vl), m1 = __riscv_vlm_v_b8(qh + 2, vl);
+                    lo = __riscv_vor_vx_u8m1_mu(m0, lo, lo, 0x10, vl);
+                    hi = __riscv_vor_vx_u8m1_mu(m1, hi, hi, 0x10, vl);
+                }
+                w0 = s8(lo);
+                w1 = s8(hi);
+                if (type == LZ_Q4_0 || type == LZ_Q5_0) {
+                    const int off = type == LZ_Q4_0 ? 8 : 16;
+                    w0 = __riscv_vsub_vx_i8m1(w0, off, vl);
+                    w1 = __riscv_vsub_vx_i8m1(w1, off, vl);
+                }
+            }
+            const float d = h2f(blk), m = with_min ? h2f(blk + 2) : 0.0f;
+            for (int t = 0; t < T; t++) {
+                const uint8_t *xt = x + t * xs;
+                const int8_t *xb = (const int8_t *)xt + 32 * b;
+                if (with_min) sum[t] += m * xq8_s(xt, k)[b];   // the minimum meets sum(x)
+                int32_t isum = dot16(w0, xb) + dot16(w1, xb + 16);
+                sum[t] += d * xq8_d(xt, k)[b] * (float)isum;
             }
         }
-        int32_t isum = dot16(w0, xb) + dot16(w1, xb + 16);
-        sum += h2f(blk) * dx[b] * (float)isum;
+        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[t];
     }
-    return sum;
 }
 
 // ---------------------------------------------------------------- K-quants
@@ -107,34 +116,56 @@ AI vint8m1_t kq_part(const int type, const uint8_t *b, int j, int h) {
     return __riscv_vsub_vx_i8m1(s8(v), 4, vl);
 }
 
-AI float kq_dot(const int type, const uint8_t *w, const uint8_t *x, int64_t k) {
+// R rows x T tokens; each super-block's scales and weights are unpacked once for
+// all T tokens.
+AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = lz_type_size(type);
     const int64_t nsb = k / QK_K;
-    const float *dx = xq8k_d(x, k);
-    const int16_t *bsums = xq8k_bsums(x, k);
-    float sum = 0.0f;
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = w + sb * bs;
-        const int8_t *xq = (const int8_t *)x + sb * QK_K;
-        const int16_t *bs16 = bsums + sb * 16;
-        int sc[16], mn[16];
-        float d, dmin;
-        lz_kq_scales(type, blk, sc, mn, &d, &dmin);
-        int isum = 0, msum = 0;
-        for (int j = 0; j < 8; j++)
-            for (int h = 0; h < 2; h++)
-                isum += sc[2 * j + h] * dot16(kq_part(type, blk, j, h), xq + 32 * j + 16 * h);
-        for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
-        sum += dx[sb] * (d * (float)isum - dmin * (float)msum);
+    for (int r = 0; r < R; r++) {
+        float sum[T];
+        for (int t = 0; t < T; t++) sum[t] = 0.0f;
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            const uint8_t *blk = w + r * ws + sb * bs;
+            int sc[16], mn[16];
+            float d, dmin;
+            lz_kq_scales(type, blk, sc, mn, &d, &dmin);
+            int isum[T];
+            for (int t = 0; t < T; t++) isum[t] = 0;
+            for (int j = 0; j < 8; j++)
+                for (int h = 0; h < 2; h++) {
+                    const vint8m1_t part = kq_part(type, blk, j, h);
+                    for (int t = 0; t < T; t++) {
+                        const int8_t *xq = (const int8_t *)(x + t * xs) + sb * QK_K;
+                        isum[t] += sc[2 * j + h] * dot16(part, xq + 32 * j + 16 * h);
+                    }
+                }
+            for (int t = 0; t < T; t++) {
+                const int16_t *bs16 = xq8k_bsums(x + t * xs, k) + sb * 16;
+                int msum = 0;
+                for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
+                sum[t] += xq8k_d(x + t * xs, k)[sb] * (d * (float)isum[t] - dmin * (float)msum);
+            }
+        }
+        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[t];
     }
-    return sum;
 }
 
 // ---------------------------------------------------------------- tiles
 
-// One token at a time (LEGACY_T = KQ_T = 1), as the portable kernels do.
-#define LEGACY_T 1
-#define KQ_T 1
-DOT_TILES(legacy_dot, kq_dot)
+// Tiles of 1 row x 4 tokens: a block is unpacked once per 4 tokens (measured under
+// qemu only, so no finer tuning).
+#define LEGACY_T 4
+#define KQ_T 4
+DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, 1, LEGACY_T)
+DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, 1, LEGACY_T)
+DEFINE_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, 1, LEGACY_T)
+DEFINE_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, 1, LEGACY_T)
+DEFINE_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, 1, LEGACY_T)
+DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, 1, KQ_T)
+DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, 1, KQ_T)
+DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, 1, KQ_T)
+DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, 1, KQ_T)
+DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, 1, KQ_T)
 
 void lz_init_rvv(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }

@@ -1,10 +1,9 @@
 // Tile functions of the SIMD kernel files, made through these macros.
 //
-// x86 covers an output block of nr weight rows x nt tokens with register tiles: a
-// tile function fn(type, R, T, k, w, ws, x, xs, y, ldy) is an always-inline template
-// whose R and T are compile-time constants; the macros expect k, w, ws, nr, x, xs,
-// nt, y and ldy in scope. NEON and RVV compute one dot product per (row, token)
-// (DOT_TILES).
+// Every SIMD file covers an output block of nr weight rows x nt tokens with register
+// tiles: a tile function fn(type, R, T, k, w, ws, x, xs, y, ldy) is an always-inline
+// template whose R and T are compile-time constants; the macros expect k, w, ws, nr,
+// x, xs, nt, y and ldy in scope.
 #ifndef LZ_TILES_H
 #define LZ_TILES_H
 
@@ -48,26 +47,6 @@
                      size_t xs, int nt, float *y, size_t ldy) {                               \
         TILES(fn, type, RR, TT);                                                              \
     }
-
-// The ten quantized types' tiles as one dot product per (row, token):
-// legacy(type, w, x, k) for the 32-weight blocks, kquant(type, w, x, k) for K-quants.
-#define DOT_TILE(name, dot, type)                                                             \
-    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
-                     size_t xs, int nt, float *y, size_t ldy) {                               \
-        for (int t = 0; t < nt; t++)                                                          \
-            for (int r = 0; r < nr; r++) y[t * ldy + r] = dot(type, w + r * ws, x + t * xs, k); \
-    }
-#define DOT_TILES(legacy, kquant)                                                             \
-    DOT_TILE(tile_q4_0, legacy, LZ_Q4_0)                                                      \
-    DOT_TILE(tile_q4_1, legacy, LZ_Q4_1)                                                      \
-    DOT_TILE(tile_q5_0, legacy, LZ_Q5_0)                                                      \
-    DOT_TILE(tile_q5_1, legacy, LZ_Q5_1)                                                      \
-    DOT_TILE(tile_q8_0, legacy, LZ_Q8_0)                                                      \
-    DOT_TILE(tile_q2_k, kquant, LZ_Q2_K)                                                      \
-    DOT_TILE(tile_q3_k, kquant, LZ_Q3_K)                                                      \
-    DOT_TILE(tile_q4_k, kquant, LZ_Q4_K)                                                      \
-    DOT_TILE(tile_q5_k, kquant, LZ_Q5_K)                                                      \
-    DOT_TILE(tile_q6_k, kquant, LZ_Q6_K)
 
 // Register the including file's tile_q4_0 .. tile_q6_k (made with the macros above),
 // LEGACY_T / KQ_T tokens per call and 4 rows per call: a multiple of the tiles' rows,
