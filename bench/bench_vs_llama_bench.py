@@ -39,11 +39,13 @@ def _peak_rss(cmd):
 
 
 def key(t):
-    return (t["n_prompt"], t["n_gen"], t.get("n_depth", 0), t["n_batch"])
+    # not n_batch: llama-bench's default is 2048 (prompts still go in micro-batches
+    # of 512), ours 512; -b given here reaches both
+    return (t["n_prompt"], t["n_gen"], t.get("n_depth", 0))
 
 
 def test_name(k):
-    p, n, d, _ = k
+    p, n, d = k
     name = f"pp{p}+tg{n}" if p and n else f"pp{p}" if p else f"tg{n}"
     return name + (f" @ d{d}" if d else "")
 
@@ -82,6 +84,7 @@ def main():
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH", PEER_BENCH))
     ap.add_argument("--busy", action="store_true", help="keep CPU 0 busy with a spinning process")
     ap.add_argument("--rss", action="store_true", help="peak RSS of each side (one more run each)")
+    ap.add_argument("--save", metavar="FILE.json", help="also write every run's figures here")
     args = ap.parse_args(argv)
     models = list(args.model)
     for spec in args.shape:
@@ -110,6 +113,11 @@ def main():
         if spinner:
             spinner.kill()
             spinner.wait()
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump({m: {"llamazip": [{test_name(k): v for k, v in run.items()} for run in ours_runs[m]],
+                           "llama.cpp": [{test_name(k): v for k, v in run.items()} for run in theirs_runs[m]],
+                           "peak_rss": rss.get(m)} for m in models}, f, indent=1)
     head = "| model | test | llamazip t/s | llama.cpp t/s | ratio |"
     if args.rss:
         head += " peak RSS llamazip / llama.cpp |"
