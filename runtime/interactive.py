@@ -140,6 +140,23 @@ class _Interrupt:
         return self.requested
 
 
+class _CtrlCAtThePrompt:
+    """For the whole `>>> ` loop, Ctrl-C raises KeyboardInterrupt (a fresh prompt),
+    whatever SIGINT disposition the program inherited. A program started as a
+    background job of a script (`cmd &` without job control) inherits SIGINT
+    *ignored*; the loop only runs on a terminal, where Ctrl-C is the key /help
+    promises, so it must not work during replies (_Interrupt) but not at the prompt.
+    The inherited disposition comes back when the loop ends."""
+
+    def __enter__(self):
+        self.inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.inherited)
+        return False
+
+
 class _QuietKeys:
     """While a reply streams, keys typed ahead are not echoed into its text: the
     terminal's echo is off, and what was typed stays queued for the next prompt (which
@@ -282,22 +299,27 @@ class Repl:
         name = f"{self.model_name}, " if self.model_name else ""
         self.say(f"chatting with {name}context {self.turns.n_ctx} tokens. "
                  "/help lists commands; /bye or Ctrl-D leaves.")
-        while True:
-            try:
-                text = self.read_message()
-            except KeyboardInterrupt:    # Ctrl-C at the prompt: a fresh prompt
-                self.out.write("\n")
-                continue
-            if text is None:
-                self.out.write("\n")
-                return 0
-            if not text.strip():
-                continue
-            if text.startswith("/"):
-                if self.command(text) == "exit":
-                    return 0
-                continue
-            self.reply(text)
+        with _CtrlCAtThePrompt():
+            while True:
+                try:
+                    if self.step() == "exit":
+                        return 0
+                except KeyboardInterrupt:   # Ctrl-C at the prompt (or between replies)
+                    self.out.write("\n")
+                    self.out.flush()
+
+    def step(self):
+        """Read one message or command and act on it; "exit" when the user leaves."""
+        text = self.read_message()
+        if text is None:
+            self.out.write("\n")
+            return "exit"
+        if not text.strip():
+            return None
+        if text.startswith("/"):
+            return self.command(text)
+        self.reply(text)
+        return None
 
     def reply(self, text):
         if self.out.isatty():

@@ -7,6 +7,7 @@ context), so each conversation takes seconds even on the NumPy backend.
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -29,10 +30,14 @@ def llamazip_args(*extra):
             "-sys", "Be brief."] + list(extra)
 
 
-def spawn_chat(*extra):
+def spawn_chat(*extra, sigint=signal.SIG_DFL):
+    """The chat in a pseudo-terminal. `sigint`: the SIGINT disposition it inherits
+    (set explicitly: a test run launched as a background job, `pytest &` from a
+    script, would otherwise pass its ignored SIGINT on)."""
     child = pexpect.spawn(sys.executable, llamazip_args(*extra), cwd=ROOT,
                           encoding="utf-8", timeout=TIMEOUT, dimensions=(50, 400),
-                          env=dict(os.environ, TERM="dumb"))
+                          env=dict(os.environ, TERM="dumb"),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     child.expect_exact(PROMPT)
     return child
 
@@ -72,13 +77,19 @@ def test_second_turn_processes_only_its_new_tokens():
     finish(child)
 
 
-def test_ctrl_c_stops_the_reply_and_returns_to_the_prompt():
-    child = spawn_chat("-n", "300")
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN],
+                         ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_stops_the_reply_and_returns_to_the_prompt(inherited):
+    # Started with SIGINT ignored too (a background job of a script): on a terminal,
+    # Ctrl-C still stops replies and gives a fresh prompt.
+    child = spawn_chat("-n", "300", sigint=inherited)
     child.sendline("Write a long story about a brave dragon.")
     child.expect(r"dragon\.\r?\n")            # the terminal's echo of our line
     child.expect(r"\w\w")                       # the reply has started streaming
     child.sendintr()
-    child.expect_exact("(stopped)")
+    # The reply runs to the context's end (~230 tokens) unless Ctrl-C stops it: a
+    # prompt before "(stopped)" means it was not stopped.
+    assert child.expect_exact(["(stopped)", PROMPT]) == 0, "Ctrl-C did not stop the reply"
     child.expect_exact(PROMPT)
     processed, reused, generated = stats(child)
     assert 0 < generated < 300
