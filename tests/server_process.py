@@ -116,10 +116,12 @@ class ServerProcess:
         return self.request("POST", path, body, **kw)
 
     def metric(self, name):
+        """A figure of /metrics by name (llama-server's llamacpp: ones, then our own)."""
         _, text = self.request("GET", "/metrics")
         for line in text.splitlines():
-            if line.startswith(f"llamazip:{name} ") or line.startswith(f"llamazip:{name}{{"):
-                return float(line.rsplit(" ", 1)[1])
+            for prefix in ("llamacpp:", "llamazip:"):
+                if line.startswith(f"{prefix}{name} ") or line.startswith(f"{prefix}{name}{{"):
+                    return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)
 
     def stop(self, timeout=20):

@@ -190,7 +190,7 @@ def test_completion_endpoint_streamed(server):
 def test_metrics_and_slots(server):
     status, text = server.request("GET", "/metrics")
     assert status == 200
-    assert "llamazip:tokens_predicted_total" in text and "# TYPE" in text
+    assert "llamacpp:tokens_predicted_total" in text and "# TYPE" in text
     assert server.metric("tokens_predicted_total") > 0
     assert server.metric("slots_total") == N_SLOTS
     status, slots = server.request("GET", "/slots")

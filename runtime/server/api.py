@@ -14,7 +14,11 @@ from runtime.server.errors import ApiError, ClientGone
 
 
 def health(app, http):
-    app.ready()
+    """Ready: 200. Loading, draining or failed: 503. With ?fail_on_no_slot=1, also 503
+    while every slot is busy, so a balancer sends the next request elsewhere."""
+    engine = app.ready()
+    if http.query().get("fail_on_no_slot") and not engine.idle_slots():
+        raise ApiError(503, "no slot available", code="no_slot")
     http.send_json(200, {"status": "ok"})
 
 
@@ -30,7 +34,8 @@ def metrics(app, http):
     if not app.args.metrics:
         raise ApiError(501, "This server does not support metrics endpoint. Start it with "
                             "`--metrics`", code="not_supported")
-    http.send_text(200, app.metrics.render(app.engine),
+    connections = app.listener.n_open if app.listener is not None else 0
+    http.send_text(200, app.metrics.render(app.engine, connections, app.draining),
                    "text/plain; version=0.0.4; charset=utf-8",
                    extra_headers=[("Process-Start-Time-Unix", str(app.created))])
 
@@ -40,6 +45,8 @@ def slots(app, http):
         raise ApiError(501, "This server does not support slots endpoint. Start it with "
                             "`--slots`", code="not_supported")
     engine = app.ready()
+    if http.query().get("fail_on_no_slot") and not engine.idle_slots():
+        raise ApiError(503, "no slot available", code="no_slot")
     http.send_json(200, [s.describe() for s in engine.slots])
 
 
@@ -109,7 +116,8 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
     except ClientGone:
         gone.append(True)
     finally:
-        app.metrics.add_generation(session.timings, len(session.generated))
+        app.metrics.add_generation(session.timings, len(session.generated),
+                                   len(session.tokens))
         if gone:
             app.metrics.count_disconnect()
         engine.release(slot)
@@ -119,18 +127,19 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
 
 
 def timings(session):
-    """llama.cpp's timings object."""
+    """llama.cpp's timings object. As there, the generation rate is over the decode
+    steps: the first token comes from the prompt's logits and costs none."""
     t = session.timings
     n_gen = len(session.generated)
+    steps = max(n_gen - 1, 0)
     pms = t.prompt_seconds * 1000
-    gms = t.generate_seconds * 1000
+    gms = round(t.generate_seconds * 1000, 3)      # the rates agree with the ms shown
     return {"prompt_n": t.prompt_tokens, "prompt_ms": round(pms, 3),
             "prompt_per_token_ms": round(pms / t.prompt_tokens, 3) if t.prompt_tokens else 0,
             "prompt_per_second": round(t.prompt_per_second, 3),
-            "predicted_n": n_gen, "predicted_ms": round(gms, 3),
-            "predicted_per_token_ms": round(gms / n_gen, 3) if n_gen else 0,
-            "predicted_per_second": round(n_gen / t.generate_seconds, 3)
-            if t.generate_seconds and n_gen else 0.0,
+            "predicted_n": n_gen, "predicted_ms": gms,
+            "predicted_per_token_ms": gms / steps if steps and gms else 0.0,
+            "predicted_per_second": 1e3 / gms * steps if steps and gms else 0.0,
             "cache_n": t.reused_tokens}
 
 

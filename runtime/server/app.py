@@ -24,6 +24,7 @@ class App:
         self.model_name = "model"
         self.metrics = Metrics()
         self.load_error = None
+        self.listener = None        # the serving core (connections.py), for /metrics
         self.draining = False       # SIGTERM: finishing the requests in flight, taking no new ones
         self.chat_error = None
         self.created = int(time.time())

@@ -48,6 +48,8 @@ class Batcher:
         self.last_step = 0.0
         self.steps = 0
         self.rows = 0
+        self.n_decode = 0           # forward passes, batched steps and prompt chunks (metrics)
+        self.n_busy = 0             # busy slots summed over those passes
         threading.Thread(target=self._loop, name="batcher", daemon=True).start()
 
     def step(self, slot, twin, token, pos):
@@ -62,6 +64,11 @@ class Batcher:
         if "error" in job:
             raise job["error"]
         return job["logits"]
+
+    def count_decode(self):
+        """One more forward pass (called under the compute lock)."""
+        self.n_decode += 1
+        self.n_busy += sum(s.busy for s in self.slots)
 
     def slot_left(self):
         with self.cond:
@@ -91,6 +98,7 @@ class Batcher:
                 jobs, self.pending = self.pending, []
             t0 = time.perf_counter()
             with self.compute:
+                self.count_decode()
                 try:
                     logits = self.model.forward_batch([j["token"] for j in jobs],
                                                       [j["pos"] for j in jobs],
@@ -134,6 +142,7 @@ class SlotModel:
         if len(tokens) == 1 and last_only and not hidden:
             return self.batcher.step(self.slot, self.twin, tokens[0], pos0)
         with self.batcher.compute:
+            self.batcher.count_decode()
             return self.twin.forward(tokens, pos0, last_only, hidden)
 
 
@@ -158,6 +167,13 @@ class Engine:
     @property
     def n_ctx(self):
         return self.model.n_ctx
+
+    def decode_counts(self):
+        """(forward passes so far, busy slots summed over them), for /metrics."""
+        return self.batcher.n_decode, self.batcher.n_busy
+
+    def idle_slots(self):
+        return sum(not s.busy for s in self.slots)
 
     def acquire(self, prompt_tokens, client_gone):
         """A free slot (the one whose cache shares most with the prompt), waiting in

@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from runtime.errors import UserError
@@ -153,6 +154,11 @@ class Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             return True
         return False
+
+    def query(self):
+        """The query string's fields: {name: last value}."""
+        _, _, qs = self.path.partition("?")
+        return {k: v[-1] for k, v in urllib.parse.parse_qs(qs, keep_blank_values=True).items()}
 
     def read_json(self):
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -348,6 +354,7 @@ def serve(args, gguf):
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     except OverflowError:
         raise UserError(f"--port {args.port}: pass 0..65535") from None
+    app.listener = listener
     host, port = listener.address
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{shown}:{port}/"
