@@ -63,6 +63,10 @@ class FileRegion:
         raw = (ctypes.c_ubyte * length).from_address(self.addr)
         self.buf = memoryview(raw).cast("B").toreadonly()
 
+    def mapping(self):
+        """(address, length) of the whole page-aligned map, slack included."""
+        return self._base, self._map_len
+
     def close(self):
         # Views into the region must not outlive it; callers drop them first.
         if self._base is not None:

@@ -4,6 +4,8 @@ cap and idle timeout, cheap endpoints beside busy generations, /health for balan
 SIGTERM, and server flags refused with one line."""
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,3 +205,22 @@ def test_bad_server_flags_are_one_line_and_exit_2(flags, named):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], r.stderr
+
+
+def test_model_truncated_under_the_server_is_an_error_not_a_crash(tmp_path):
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(smollm2(), model)
+    srv = ServerProcess(str(model), "-c", "128", "--backend", "c")
+    try:
+        status, r = srv.post("/completion", {"prompt": "Hello", "n_predict": 2})
+        assert status == 200
+        os.truncate(model, os.path.getsize(model) // 2)    # weights' second half gone
+        status, r = srv.post("/completion", {"prompt": "Goodbye", "n_predict": 2})
+        assert status == 500 and "truncated" in r["error"]["message"], r
+        assert srv.proc.poll() is None                      # still up, and says why
+        status, r = srv.get("/health")
+        assert status == 503 and "truncated" in r["error"]["message"]
+        status, r = srv.post("/completion", {"prompt": "Hello", "n_predict": 2})
+        assert status == 503 and "restart" in r["error"]["message"]
+    finally:
+        assert srv.stop() == 0

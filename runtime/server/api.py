@@ -96,7 +96,7 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
     gone = []
 
     def should_stop():
-        if engine.stopping:
+        if engine.stopping or app.model_lost():
             return True
         if http.client_gone():
             gone.append(True)
@@ -121,6 +121,8 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
         if gone:
             app.metrics.count_disconnect()
         engine.release(slot)
+    if app.model_lost():
+        raise ApiError(500, app.guard.message(), code="model_lost")
     if gone:
         raise ClientGone()
     return session, "".join(pieces), slot

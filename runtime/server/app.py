@@ -9,6 +9,7 @@ from runtime.errors import UserError
 from runtime.server.engine import Engine
 from runtime.server.errors import ApiError
 from runtime.server.metrics import Metrics
+from runtime.server.model_guard import ModelGuard
 
 
 class App:
@@ -24,6 +25,7 @@ class App:
         self.model_name = "model"
         self.metrics = Metrics()
         self.load_error = None
+        self.guard = None           # the model file's SIGBUS guard (model_guard.py)
         self.listener = None        # the serving core (connections.py), for /metrics
         self.draining = False       # SIGTERM: finishing the requests in flight, taking no new ones
         self.chat_error = None
@@ -39,6 +41,8 @@ class App:
         loaded = load_session(gguf, backend=args.backend, threads=args.threads,
                               n_ctx=args.ctx_size, batch_size=args.batch_size)
         model, tokenizer = loaded.model, loaded.tokenizer
+        self.guard = ModelGuard(getattr(model.backend, "lib", None), getattr(gguf, "_region", None),
+                                gguf.source)
         try:
             self.chat_format = load_chat_format(gguf, getattr(args, "chat_template", None))
         except UserError as e:
@@ -55,11 +59,16 @@ class App:
         self.model_name = str(name)
         self.engine = engine
 
+    def model_lost(self):
+        return self.guard is not None and self.guard.lost()
+
     def ready(self):
         if self.load_error is not None:
             raise ApiError(503, f"the model failed to load: {self.load_error}")
         if self.draining:
             raise ApiError(503, "the server is shutting down", code="unavailable")
+        if self.model_lost():
+            raise ApiError(503, self.guard.message(), code="model_lost")
         if self.engine is None:
             raise ApiError(503, "Loading model", code="loading")
         return self.engine

@@ -53,6 +53,8 @@ def embeddings(app, http):
             data.append({"object": "embedding", "index": i, "embedding": vector})
     finally:
         engine.release(slot)
+    if app.model_lost():
+        raise ApiError(500, app.guard.message(), code="model_lost")
     n = sum(len(ids) for ids in batches)
     http.send_json(200, {"object": "list", "data": data, "model": app.model_name,
                          "usage": {"prompt_tokens": n, "total_tokens": n}})
