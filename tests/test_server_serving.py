@@ -180,7 +180,7 @@ def test_drain_timeout_cuts_long_requests_and_second_sigint_is_immediate():
     try:
         stream = open_stream(srv.port, -1)
         srv.proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
+        time.sleep(1.0)
         assert srv.proc.poll() is None
         srv.proc.send_signal(signal.SIGINT)
         assert srv.proc.wait(30) == 130

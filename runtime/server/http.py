@@ -365,7 +365,11 @@ def serve(args, gguf):
 
     def on_signal(signum, frame):
         if signum == signal.SIGINT:
-            interrupts.append(signum)
+            # A native bundle's launcher passes on the terminal's Ctrl-C, which its child
+            # also gets itself: copies a moment apart are one press.
+            now = time.monotonic()
+            if not interrupts or now - interrupts[-1] > 0.5:
+                interrupts.append(now)
             if len(interrupts) >= 2:
                 os.write(2, b"llamazip: interrupted twice, stopping now\n")
                 os._exit(130)
