@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.models import smollm2  # noqa: E402
 from tests.procfs import status_fields  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
+from tests.server_process import ServerProcess, read_events, send_raw  # noqa: E402
 
 
 def server_state(pid):
@@ -60,8 +60,27 @@ def main():
         (status, _), dt = timed(lambda: srv.get("/health"))
         print(f"after closing them: /health {status} in {dt * 1000:.0f} ms, "
               f"{server_state(pid)}")
+        health_under_generation(srv)
     finally:
         srv.stop()
+
+
+def health_under_generation(srv):
+    """/health while a long generation streams on the only slot."""
+    body = json.dumps({"prompt": "Once upon a time", "n_predict": 200, "stream": True,
+                       "ignore_eos": True}).encode()
+    conn = send_raw(srv.port, b"POST /completion HTTP/1.1\r\nHost: x\r\n", body)
+    read_events(conn, 2)
+    times = []
+    for _ in range(20):
+        (status, _), dt = timed(lambda: srv.get("/health"))
+        assert status == 200
+        times.append(dt * 1000)
+        time.sleep(0.05)
+    conn.close()
+    times.sort()
+    print(f"/health during a 200-token generation: median {times[10]:.1f} ms, "
+          f"max {times[-1]:.1f} ms (20 calls)")
 
 
 if __name__ == "__main__":
