@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -224,3 +225,43 @@ def test_model_truncated_under_the_server_is_an_error_not_a_crash(tmp_path):
         assert status == 503 and "restart" in r["error"]["message"]
     finally:
         assert srv.stop() == 0
+
+
+def test_a_long_prompt_does_not_stall_another_slot():
+    """The compute lock is taken in turn: a 400-token prompt, read in 32-token
+    chunks, lets the other slot's decode steps in between its chunks."""
+    srv = ServerProcess(smollm2(), "-c", "1024", "-np", "2", "-b", "32", "-t", "1")
+    try:
+        stream = open_stream(srv.port, -1)
+        arrivals = []
+        stop = threading.Event()
+
+        def watch():
+            stream.settimeout(120)
+            while not stop.is_set():
+                try:
+                    data = stream.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                arrivals.extend([time.monotonic()] * data.count(b"data: "))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        t0 = time.monotonic()
+        status, r = srv.post("/completion", {"prompt": "tea and " * 200, "n_predict": 1},
+                             timeout=600)
+        t1 = time.monotonic()
+        stop.set()
+        stream.close()
+        watcher.join(10)
+        assert status == 200 and r["timings"]["prompt_n"] > 320
+        prefill = r["timings"]["prompt_ms"] / 1000
+        during = [t for t in arrivals if t0 <= t <= t1]
+        gaps = [b - a for a, b in zip([t0] + during, during + [t1])]
+        # ~12 chunks: the other stream moved on between them, not only after the prompt
+        assert len(during) >= 5, (len(during), prefill)
+        assert max(gaps) < prefill / 3, (max(gaps), prefill)
+    finally:
+        srv.stop()

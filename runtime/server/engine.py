@@ -8,6 +8,7 @@ one on memory-bound matmuls. Prompt prefill runs directly under the same compute
 so a long prompt only pauses the others between its chunks.
 """
 
+import collections
 import threading
 import time
 
@@ -35,13 +36,38 @@ class Slot:
                 "n_cached": len(s.tokens)}
 
 
+class FairLock:
+    """A lock taken in the order it was asked for. threading.Lock lets the thread
+    that just released it take it again before a waiter wakes, so a long prompt's
+    chunks could follow one another while the other slots' decode steps wait; here
+    a step that asked first goes first, and a prompt pauses the others for one
+    chunk at a time."""
+
+    def __init__(self):
+        self.cond = threading.Condition(threading.Lock())
+        self.queue = collections.deque()
+
+    def __enter__(self):
+        me = object()
+        with self.cond:
+            self.queue.append(me)
+            while self.queue[0] is not me:
+                self.cond.wait()
+        return self
+
+    def __exit__(self, *exc):
+        with self.cond:
+            self.queue.popleft()
+            self.cond.notify_all()
+
+
 class Batcher:
     """Runs the decode steps of all generating slots as one batched forward pass."""
 
     def __init__(self, model, slots):
         self.model = model
         self.slots = slots
-        self.compute = threading.Lock()     # one forward pass at a time, batched or not
+        self.compute = FairLock()           # one forward pass at a time, batched or not
         self.cond = threading.Condition()
         self.pending = []
         self.stopping = False
