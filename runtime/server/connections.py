@@ -112,13 +112,14 @@ class Writer:
 
 
 class Conn:
-    __slots__ = ("sock", "addr", "buf", "last")
+    __slots__ = ("sock", "addr", "buf", "last", "started")
 
     def __init__(self, sock, addr):
         self.sock = sock
         self.addr = addr
         self.buf = b""
         self.last = time.monotonic()
+        self.started = 0.0          # when its current request was handed to a worker
 
 
 def head_too_large():
@@ -175,7 +176,8 @@ class Listener:
 
     def __init__(self, host, port, answer, lane_of, workers, cheap_workers, timeout,
                  max_connections):
-        self.sock = socket.create_server((host, port), backlog=1024, reuse_port=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=1024)
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()[:2]
         self.answer = answer
@@ -185,7 +187,7 @@ class Listener:
         self.selector = selectors.DefaultSelector()
         self.waiting = collections.OrderedDict()    # fd -> Conn, longest idle first
         self.n_open = 0
-        self.active = 0                             # requests being answered now
+        self.in_flight = set()                      # conns whose request is being answered
         self.lock = threading.Lock()
         self.returned = collections.deque()         # conns the workers give back
         self.wake_r, self.wake_w = socket.socketpair()
@@ -271,8 +273,9 @@ class Listener:
 
     def _dispatch(self, conn):
         method, path = request_target(conn.buf)
+        conn.started = time.monotonic()
         with self.lock:
-            self.active += 1
+            self.in_flight.add(conn)
         self.lanes[self.lane_of(method, path)].submit(conn)
 
     def _unwatch(self, conn):
@@ -349,7 +352,7 @@ class Listener:
             keep = False
         finally:
             with self.lock:
-                self.active -= 1
+                self.in_flight.discard(conn)
             self.returned.append((conn, keep))
             try:
                 self.wake_w.send(b"x")
@@ -357,6 +360,16 @@ class Listener:
                 pass
 
     # ---- control ----
+
+    @property
+    def active(self):
+        """Requests being answered (or waiting for a worker) now."""
+        return len(self.in_flight)
+
+    def active_since(self, t):
+        """Requests in flight that were handed to a worker at or before `t`."""
+        with self.lock:
+            return sum(c.started <= t for c in self.in_flight)
 
     def stop(self):
         """Close the listening socket and every connection; stop the workers."""

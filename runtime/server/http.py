@@ -351,12 +351,16 @@ def serve(args, gguf):
         listener = Listener(args.host, args.port, answer, Handler.lane_of, workers, 4,
                             app.timeout, max_conns)
     except OSError as e:
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        reason = (e.strerror or str(e)).split(" (while attempting")[0]
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {reason}; "
+                        "pick another --host or --port") from None
     except OverflowError:
         raise UserError(f"--port {args.port}: pass 0..65535") from None
     app.listener = listener
     host, port = listener.address
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
     url = f"http://{shown}:{port}/"
     print(f"llamazip: listening on {url} (loading the model)", file=sys.stderr, flush=True)
 
@@ -419,14 +423,15 @@ def serve(args, gguf):
 
 
 def drain(app, listener, seconds):
-    """Let the requests in flight finish, up to `seconds`; new ones get 503 meanwhile."""
-    print(f"llamazip: draining: {listener.active} requests in flight, waiting up to "
-          f"{seconds:g} s", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + seconds
-    while listener.active and time.monotonic() < deadline:
+    """Let the requests in flight finish, up to `seconds`; new ones get 503 meanwhile
+    (and are not waited for: a busy balancer's stream of them must not hold us up)."""
+    began = time.monotonic()
+    print(f"llamazip: draining: {listener.active_since(began)} requests in flight, waiting "
+          f"up to {seconds:g} s", file=sys.stderr, flush=True)
+    while listener.active_since(began) and time.monotonic() < began + seconds:
         time.sleep(0.05)
-    if listener.active:
-        print(f"llamazip: drain timeout: stopping {listener.active} requests",
+    if listener.active_since(began):
+        print(f"llamazip: drain timeout: stopping {listener.active_since(began)} requests",
               file=sys.stderr, flush=True)
 
 
