@@ -187,6 +187,13 @@ def validate(args):
     _need(args.queue >= 0, f"--queue {args.queue}: pass 0 or more")
     _need(math.isfinite(args.timeout) and args.timeout > 0,
           f"--timeout {args.timeout}: pass a positive number of seconds")
+    _need(math.isfinite(args.drain_timeout) and args.drain_timeout >= 0,
+          f"--drain-timeout {args.drain_timeout}: pass 0 or more seconds")
+    _need(args.threads_http == -1 or 1 <= args.threads_http <= 4096,
+          f"--threads-http {args.threads_http}: pass 1..4096 (or -1: slots + queue + 4)")
+    _need(args.max_connections == -1 or args.max_connections >= 1,
+          f"--max-connections {args.max_connections}: pass 1 or more "
+          "(or -1: what the open-file limit allows)")
     if args.perplexity:
         _need(args.ctx_size == 0 or args.ctx_size >= MIN_PERPLEXITY_CONTEXT,
               f"--perplexity -c {args.ctx_size}: it scores the second half of each window, "

@@ -14,7 +14,6 @@ as a traceback.
 
 import hmac
 import json
-import math
 import os
 import pkgutil
 import select
@@ -310,32 +309,11 @@ def read_api_keys(args):
     return keys
 
 
-def check_options(args):
-    """The server's own flags, each refused with one line naming the fix."""
-    def need(ok, message):
-        if not ok:
-            raise UserError(message)
-
-    need(math.isfinite(args.timeout) and args.timeout > 0,
-         f"--timeout {args.timeout}: pass a positive number of seconds")
-    need(math.isfinite(args.drain_timeout) and args.drain_timeout >= 0,
-         f"--drain-timeout {args.drain_timeout}: pass 0 or more seconds")
-    need(0 <= args.port <= 65535, f"--port {args.port}: pass 0..65535 (0: any free port)")
-    need(args.parallel >= 1, f"--parallel {args.parallel}: pass 1 or more")
-    need(args.queue >= 0, f"--queue {args.queue}: pass 0 or more")
-    need(args.threads_http == -1 or 1 <= args.threads_http <= 4096,
-         f"--threads-http {args.threads_http}: pass 1..4096 (or -1: slots + queue + 4)")
-    need(args.max_connections == -1 or args.max_connections >= 1,
-         f"--max-connections {args.max_connections}: pass 1 or more "
-         "(or -1: what the open-file limit allows)")
-
-
 def serve(args, gguf):
     """Listen, load the model in the background (/health says 503 meanwhile), serve
     until SIGTERM or SIGINT, then drain: /health 503, new requests 503, the requests
     in flight finish (up to --drain-timeout seconds), exit 0. A second SIGINT stops at
     once."""
-    check_options(args)
     app = App(args)
     app.api_keys = read_api_keys(args)
     max_conns = default_max_connections()       # also raises the open-file soft limit
