@@ -34,7 +34,7 @@ def main():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    srv = ServerProcess(smollm2(), "-c", "256", "--metrics")
+    srv = ServerProcess(smollm2(), "-c", "256", "--metrics", "-t", "1")
     try:
         pid = srv.proc.pid
         print(f"server idle: {server_state(pid)}")
