@@ -116,8 +116,9 @@ class Backend(ABC):
 
     @abstractmethod
     def logits_row(self, x, row):
-        """Logits for sampling: len, [i], iteration, and top(k) -> [(logit, id)] of
-        the k largest, largest first, ties to the lower id."""
+        """Logits for sampling: len, [i], iteration, top(k) -> [(logit, id)] of
+        the k largest, largest first, ties to the lower id, and logsumexp() (in
+        double; log-probabilities are x[i] minus it)."""
 
     @abstractmethod
     def logprobs_rows(self, x, targets):

@@ -136,6 +136,10 @@ class _Logits:
         got = self.lib.lz_topk(self.addr, self.n, k, ctypes.addressof(idx), ctypes.addressof(val))
         return [(val[i], idx[i]) for i in range(got)]
 
+    def logsumexp(self):
+        """log(sum(exp(logits))), in double: log softmax(x)[i] is x[i] minus this."""
+        return self.values[0] - self.lib.lz_logprob(self.addr, self.n, 0)
+
 
 class Weight:
     """A GGUF tensor in place: ggml `shape` (shape[0] = row length), `type`, `addr`."""

@@ -285,6 +285,12 @@ class _NumpyLogits:
         ids = np.argsort(-self.values, kind="stable")[:k]
         return [(float(self.values[i]), int(i)) for i in ids]
 
+    def logsumexp(self):
+        """log(sum(exp(logits))), in double: log softmax(x)[i] is x[i] minus this."""
+        x = self.values.astype(np.float64)
+        top = x.max()
+        return float(top + np.log(np.exp(x - top).sum()))
+
 
 class NumpyBackend(Backend):
     name = "numpy"

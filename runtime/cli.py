@@ -80,6 +80,10 @@ def build_parser(bundle=False):
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1: random)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--grammar", help="GBNF grammar the output must follow (llama.cpp syntax)")
+    p.add_argument("--grammar-file", help="read the GBNF grammar from a file")
+    p.add_argument("-j", "--json-schema", help="JSON schema the output must follow")
+    p.add_argument("--json-schema-file", help="read the JSON schema from a file")
     p.add_argument("--chat", "-cnv", action="store_true",
                    help="chat: with -p/-f or piped text, answer one turn; on a terminal, "
                         "talk (the default without -p or -f)")
@@ -267,6 +271,48 @@ def sampling_params(args):
     return SamplingParams.from_flags(args)
 
 
+def grammar_text(args):
+    """The GBNF text of --grammar / --grammar-file / --json-schema(-file), checked
+    (a malformed one is one line naming where), or None."""
+    from runtime.constraint import GrammarError, SchemaError, automaton
+    from runtime.json_schema import to_grammar
+    given = [f for f in ("grammar", "grammar_file", "json_schema", "json_schema_file")
+             if getattr(args, f) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise UserError("give one of --grammar, --grammar-file, --json-schema, "
+                        "--json-schema-file")
+    flag = "--" + given[0].replace("_", "-")
+    text = getattr(args, given[0])
+    if given[0].endswith("_file"):
+        try:
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {flag} {text}: {getattr(e, 'strerror', None) or e}") \
+                from None
+    try:
+        if given[0].startswith("json_schema"):
+            try:
+                schema = json.loads(text)
+            except ValueError as e:
+                raise UserError(f"{flag}: not valid JSON: {e}") from None
+            text = to_grammar(schema)
+        automaton(text)
+    except (GrammarError, SchemaError) as e:
+        raise UserError(f"{flag}: {e}") from None
+    return text
+
+
+def constraint_maker(args, tokenizer):
+    """A () -> fresh Constraint for the grammar flags, or None."""
+    if not args.grammar_text:
+        return None
+    from runtime.constraint import from_grammar
+    return lambda: from_grammar(tokenizer, args.grammar_text)
+
+
 def cmd_tokenize(args, gguf):
     from runtime.tokenizer import Tokenizer
     text = read_prompt(args)
@@ -321,7 +367,9 @@ def cmd_complete(args, gguf):
     session = session_for(args, gguf)
     tokens = session.tokenizer.encode(prompt, add_special=True, parse_special=True)
     out = sys.stdout
-    for piece in session.generate(tokens, sampling_params(args), args.n_predict, args.stop):
+    make = constraint_maker(args, session.tokenizer)
+    for piece in session.generate(tokens, sampling_params(args), args.n_predict, args.stop,
+                                  constraint=make() if make else None):
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -345,7 +393,8 @@ def cmd_chat(args, gguf):
                            notice=lambda line: print(line, file=sys.stderr, flush=True))
     session = session_for(args, gguf)
     conversation = Conversation(fmt, session.tokenizer, args.system_prompt)
-    turns = ChatTurns(session, conversation, sampling_params(args), args.n_predict, args.stop)
+    turns = ChatTurns(session, conversation, sampling_params(args), args.n_predict, args.stop,
+                      constraint=constraint_maker(args, session.tokenizer))
     if interactive:
         return Repl(turns, gguf.get("general.name") or "").run()
     one_turn(turns, text)
@@ -428,6 +477,7 @@ def run(argv=None, bundle=None):
     if args.verify:  # before parsing the model, which may be the damaged part
         from runtime.archive import verify_bundle
         return verify_bundle(model_region[0] if model_region else args.model)
+    args.grammar_text = grammar_text(args)      # a bad grammar fails before loading
     from runtime.loader import open_gguf
     gguf = open_gguf(getattr(args, "model", None), model_region)
     if args.tokenize:

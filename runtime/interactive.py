@@ -39,8 +39,10 @@ SETTABLE = {
 class ChatTurns:
     """Runs chat turns: fits the conversation into the context, generates, records."""
 
-    def __init__(self, session, conversation, params, n_predict=-1, stops=(), notice=None):
+    def __init__(self, session, conversation, params, n_predict=-1, stops=(), notice=None,
+                 constraint=None):
         self.session = session
+        self.constraint = constraint    # a () -> Constraint for each reply (--grammar), or None
         self.conversation = conversation
         self.params = params
         self.n_predict = n_predict
@@ -87,8 +89,9 @@ class ChatTurns:
         pieces = []
         interrupted = False
         try:
+            constraint = self.constraint() if self.constraint else None
             for piece in self.session.generate(tokens, self.params, self.n_predict,
-                                               self.stops, should_stop):
+                                               self.stops, should_stop, constraint):
                 pieces.append(piece)
                 write(piece)
         except KeyboardInterrupt:      # a second Ctrl-C while the first was being handled

@@ -33,6 +33,35 @@ class ListLogits:
         ids = heapq.nlargest(k, range(len(self.values)), key=self.values.__getitem__)
         return sorted(((self.values[i], i) for i in ids), key=lambda vt: (-vt[0], vt[1]))
 
+    def logsumexp(self):
+        """log(sum(exp(logits))): log softmax(x)[i] is x[i] minus this."""
+        top = max(self.values)
+        return top + math.log(sum(math.exp(v - top) for v in self.values))
+
+
+class Biased:
+    """A logits row plus a bias per token (OpenAI's and llama.cpp's `logit_bias`;
+    -inf bans), without copying the vocabulary: top(k) asks the row for k more than
+    the biased tokens and re-ranks them with the biased ones."""
+
+    def __init__(self, logits, bias):
+        self.logits = as_logits(logits)
+        self.bias = bias
+
+    def __len__(self):
+        return len(self.logits)
+
+    def __getitem__(self, i):
+        return self.logits[i] + self.bias.get(i, 0.0)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.logits)))
+
+    def top(self, k):
+        ids = {t for _, t in self.logits.top(k + len(self.bias))} | set(self.bias)
+        ranked = sorted(((self[t], t) for t in ids), key=lambda vt: (-vt[0], vt[1]))
+        return [vt for vt in ranked if vt[0] != float("-inf")][:k]
+
 
 def as_logits(values):
     """A logits row with top(k): a backend's row as it is, a plain sequence wrapped."""
@@ -42,7 +71,7 @@ def as_logits(values):
 class SamplingParams:
     def __init__(self, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                  repeat_penalty=1.0, repeat_last_n=64, presence_penalty=0.0,
-                 frequency_penalty=0.0, seed=None):
+                 frequency_penalty=0.0, seed=None, logit_bias=None):
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
@@ -52,6 +81,7 @@ class SamplingParams:
         self.presence_penalty = presence_penalty
         self.frequency_penalty = frequency_penalty
         self.seed = seed
+        self.logit_bias = logit_bias or {}     # token id -> added to its logit (-inf: banned)
 
     @classmethod
     def from_flags(cls, flags):
@@ -72,6 +102,8 @@ class Sampler:
         self.params = params
         seed = params.seed if params.seed is not None and params.seed >= 0 else None
         self.rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(32))
+        self.keep_probs = False     # record the final distribution of each draw in .probs
+        self.probs = []             # [(probability, id)], most likely first (keep_probs)
 
     def _penalties(self, history):
         """token -> how often it occurs in the last repeat_last_n tokens."""
@@ -117,6 +149,8 @@ class Sampler:
         scored.sort(key=lambda vt: (-vt[0], vt[1]))
         scored = scored[:k]
         if p.temperature <= 0 or len(scored) == 1:
+            if self.keep_probs:
+                self.probs = [(1.0, scored[0][1])]
             return scored[0][1]
 
         # top-p and min-p see the untempered distribution, as in llama.cpp's chain.
@@ -138,7 +172,10 @@ class Sampler:
 
         top = scored[0][0]
         weights = [math.exp((v - top) / p.temperature) for v, _ in scored]
-        r = self.rng.random() * sum(weights)
+        total = sum(weights)
+        if self.keep_probs:
+            self.probs = [(w / total, t) for w, (_, t) in zip(weights, scored)]
+        r = self.rng.random() * total
         for (v, t), w in zip(scored, weights):
             r -= w
             if r <= 0:

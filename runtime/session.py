@@ -7,7 +7,7 @@ with the same tokens (the next chat turn, a retried prompt) only computes the re
 import time
 
 from runtime.errors import UserError
-from runtime.sampling import Sampler, find_stop, partial_stop_suffix
+from runtime.sampling import Biased, Sampler, as_logits, find_stop, partial_stop_suffix
 
 
 class Timings:
@@ -25,6 +25,22 @@ class Timings:
     @property
     def generate_per_second(self):
         return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+
+def model_logprobs(logits, token, n):
+    """(log-probability of `token`, [(logprob, id)] of the n most likely) under the
+    softmax of the raw logits."""
+    logits = as_logits(logits)
+    lse = logits.logsumexp()
+    return logits[token] - lse, [(v - lse, t) for v, t in logits.top(n)]
+
+
+def sampler_probs(sampler, token, n):
+    """(probability of `token`, [(prob, id)] of the n most likely) in the distribution
+    the sampler last drew from."""
+    probs = sampler.probs
+    mine = next((p for p, t in probs if t == token), 0.0)
+    return mine, [(p, t) for p, t in probs[:n] if p > 0.0]
 
 
 class Session:
@@ -97,22 +113,31 @@ class Session:
         return self.last_logits
 
     def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None,
-                 constraint=None):
+                 constraint=None, n_probs=0, post_sampling=False):
         """Yield text pieces of the continuation of `prompt_tokens`.
 
         Stops at an end-of-generation token, a stop string (not included in the output),
         `n_predict` tokens (-1: until the context is full), or when `should_stop()` says so.
         `self.finish_reason` is "stop" or "length" afterwards; `self.generated` the ids.
-        A `constraint` (runtime/json_constraint.py) picks tokens instead of the plain
-        sampler and ends generation when its output is complete.
+        A `constraint` (runtime/constraint.py) picks tokens instead of the plain
+        sampler and ends generation when its output is complete. params.logit_bias is
+        added to the logits the sampler and the constraint see.
+        With `n_probs` > 0, `self.probs[i]` describes generated token i as (its
+        log-probability, [(logprob, id)] of the n_probs most likely) under the model's
+        own distribution, or with `post_sampling` as (its probability, [(prob, id)]) of
+        the distribution the sampler finally drew from (llama.cpp's n_probs and
+        post_sampling_probs).
         """
         from runtime.tokenizer import StreamDecoder
 
         sampler = Sampler(params)
+        sampler.keep_probs = n_probs > 0 and post_sampling
         logits = self.prefill(prompt_tokens)
         decoder = StreamDecoder(self.tokenizer)
         eog = self.tokenizer.eog_ids
+        bias = params.logit_bias
         self.generated = []
+        self.probs = []
         self.finish_reason = "length"
         pending = ""            # text held back: it might be the start of a stop string
         t0 = time.perf_counter()
@@ -122,13 +147,17 @@ class Session:
                 if should_stop is not None and should_stop():
                     self.finish_reason = "stop"
                     break
+                view = Biased(logits, bias) if bias else logits
                 if constraint is None:
-                    token = sampler.sample(logits, self.tokens)
+                    token = sampler.sample(view, self.tokens)
                 else:
-                    token = constraint.sample(sampler, logits, self.tokens)
+                    token = constraint.sample(sampler, view, self.tokens)
                 if token in eog:
                     self.finish_reason = "stop"
                     break
+                if n_probs > 0:
+                    self.probs.append(sampler_probs(sampler, token, n_probs) if post_sampling
+                                      else model_logprobs(logits, token, n_probs))
                 self.generated.append(token)
                 complete = constraint is not None and constraint.advance(token)
                 pending += decoder.feed(token)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runtime.json_constraint import validate
+from runtime.json_schema import validate
 from tests.models import smollm2
 from tests.server_process import ServerProcess, read_events, read_until_closed, send_raw
 
@@ -322,7 +322,23 @@ def hostile_requests():
         {"messages": msgs, "stream": "yes"}, {"messages": msgs, "stop": 5},
         {"messages": msgs, "stop": [1, 2]}, {"messages": msgs, "n": 3},
         {"messages": msgs, "seed": "x"}, {"messages": msgs, "presence_penalty": 9},
-        {"messages": msgs, "frequency_penalty": []}, {"messages": msgs, "logprobs": True},
+        {"messages": msgs, "frequency_penalty": []}, {"messages": msgs, "top_logprobs": 3},
+        {"messages": msgs, "logprobs": True, "top_logprobs": 50},
+        {"messages": msgs, "logprobs": "yes"}, {"messages": msgs, "logit_bias": 5},
+        {"messages": msgs, "logit_bias": {"1": "x"}}, {"messages": msgs, "logit_bias": [[1]]},
+        {"messages": msgs, "logit_bias": {"99999999": 1}},
+        {"messages": msgs, "grammar": "root ::= this is (not valid GBNF"},
+        {"messages": msgs, "grammar": 5}, {"messages": msgs, "grammar": "r ::= \"a\""},
+        {"messages": msgs, "grammar": "root ::= \"a\"", "json_schema": {}},
+        {"messages": msgs, "json_schema": {"required": 5}},
+        {"messages": msgs, "json_schema": {"enum": 5}},
+        {"messages": msgs, "json_schema": {"type": "string", "minLength": "a"}},
+        {"messages": msgs, "json_schema": {"type": "array", "items": 5}},
+        {"messages": msgs, "json_schema": {"properties": [{"a": 1}]}},
+        {"messages": msgs, "json_schema": {"type": "array", "maxItems": "3"}},
+        {"messages": msgs, "json_schema": {"enum": [str(i) for i in range(30000)]}},
+        {"messages": [{"role": "user", "content": "a\ud800b"}]},
+        {"messages": msgs, "stop": ["\udfff"]}, {"messages": msgs, "user": "\ud800"},
         {"messages": msgs, "tools": [{"type": "function"}]},
         {"messages": msgs, "response_format": "json"},
         {"messages": msgs, "response_format": {"type": "xml"}},

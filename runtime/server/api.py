@@ -87,8 +87,47 @@ def detokenize(app, http):
     http.send_json(200, {"content": engine.tokenizer.decode(ids)})
 
 
-def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece):
-    """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces.
+class Probs:
+    """What a request asked to see of each generated token's probabilities (`n`
+    alternatives, -1: the chosen token only; llama.cpp's post_sampling_probs), and
+    the entries of the tokens of the piece being sent (`latest`)."""
+
+    def __init__(self, n=0, post=False):
+        self.n = n
+        self.post = post
+        self.latest = []
+
+    @property
+    def wanted(self):
+        return self.n != 0
+
+    def entries(self, tokenizer, ids, probs):
+        """llama.cpp's completion_probabilities / OpenAI's logprobs.content items."""
+        key = "prob" if self.post else "logprob"
+        top_key = "top_probs" if self.post else "top_logprobs"
+        shown = max(self.n, 0)
+        out = []
+        for token, (value, top) in zip(ids, probs):
+            e = token_entry(tokenizer, token, key, value)
+            e[top_key] = [token_entry(tokenizer, t, key, v) for v, t in top[:shown]]
+            out.append(e)
+        return out
+
+
+def token_entry(tokenizer, token, key, value):
+    """One token as llama-server writes it: its text (the whole UTF-8 characters of
+    its bytes), its bytes, and its log-probability or probability."""
+    piece = tokenizer.token_to_piece(token)
+    if value == float("-inf"):
+        value = -3.4028234663852886e38      # llama.cpp's log(0): the lowest float
+    return {"id": token, "token": piece.decode("utf-8", "ignore"), "bytes": list(piece),
+            key: value}
+
+
+def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece,
+             probs=None):
+    """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces
+    (and with `probs` (a Probs), probs.latest holds those tokens' probabilities).
     Returns (slot session, text, slot)."""
     engine = app.engine
     slot = engine.acquire(prompt_tokens, http.client_gone)
@@ -105,12 +144,16 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
 
     pieces = []
     sent = 0
+    wanted = probs is not None and probs.wanted
     try:
         for piece in session.generate(prompt_tokens, sampling, n_predict, stops, should_stop,
-                                      constraint):
+                                      constraint, n_probs=abs(probs.n) if wanted else 0,
+                                      post_sampling=wanted and probs.post):
             slot.state = "generating"
             pieces.append(piece)
             ids = session.generated[sent:]
+            if wanted:
+                probs.latest = probs.entries(engine.tokenizer, ids, session.probs[sent:])
             sent = len(session.generated)
             on_piece(piece, ids)
     except ClientGone:
@@ -177,23 +220,25 @@ def openai_generate(app, http, chat):
         prompt_tokens = params.prompt_tokens(engine.tokenizer, body["prompt"])
     n_predict = params.budget(engine.n_ctx, body, prompt_tokens,
                               ("max_completion_tokens", "max_tokens"), openai=True)
-    sampling = params.sampling(app.defaults, body, openai=True)
+    sampling = params.sampling(app.defaults, body, openai=True, tokenizer=engine.tokenizer)
     stops = params.stops(body)
-    constraint = params.constraint(engine.tokenizer, body)
+    constraint = params.constraint(engine.tokenizer, body, app.default_grammar)
+    probs = Probs(*params.probs_request(body, openai_chat=chat, openai_completion=not chat))
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = app.model_name
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text, finish, delta=None):
+    def choice(text, finish, delta=None, logprobs=None):
+        lp = {"content": logprobs} if logprobs is not None else None
         if chat:
-            c = {"index": 0, "logprobs": None, "finish_reason": finish}
+            c = {"index": 0, "logprobs": lp, "finish_reason": finish}
             if delta is not None:
                 c["delta"] = delta
             else:
                 c["message"] = {"role": "assistant", "content": text}
             return c
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
 
     def envelope(choices, **extra):
         obj = {"id": ident, "object": kind + (".chunk" if stream and chat else ""),
@@ -204,8 +249,11 @@ def openai_generate(app, http, chat):
 
     if not stream:
         session, text, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                    constraint, lambda piece, ids: None)
-        http.send_json(200, envelope([choice(text, session.finish_reason)],
+                                    constraint, lambda piece, ids: None, probs)
+        logprobs = None
+        if probs.wanted:
+            logprobs = probs.entries(engine.tokenizer, session.generated, session.probs)
+        http.send_json(200, envelope([choice(text, session.finish_reason, None, logprobs)],
                                      usage=usage(prompt_tokens, session),
                                      timings=timings(session)))
         return
@@ -216,10 +264,11 @@ def openai_generate(app, http, chat):
 
     def on_piece(piece, ids):
         delta = {"content": piece} if chat else None
-        http.send_event(envelope([choice(piece, None, delta)]))
+        logprobs = probs.latest if probs.wanted else None
+        http.send_event(envelope([choice(piece, None, delta, logprobs)]))
 
     session, _, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint,
-                             on_piece)
+                             on_piece, probs)
     final = envelope([choice("", session.finish_reason, {} if chat else None)],
                      timings=timings(session))
     http.send_event(final)
@@ -237,16 +286,15 @@ def completion(app, http):
     prompt_tokens = params.prompt_tokens(engine.tokenizer, body["prompt"])
     n_predict = params.budget(engine.n_ctx, body, prompt_tokens, ("n_predict", "max_tokens"),
                               openai=False)
-    sampling = params.sampling(app.defaults, body, openai=False)
+    sampling = params.sampling(app.defaults, body, openai=False, tokenizer=engine.tokenizer)
     stops = params.stops(body)
     stream = params.field(body, "stream", bool, False)
     return_tokens = params.field(body, "return_tokens", bool, False)
-    constraint = params.constraint(engine.tokenizer, body)
-    if body.get("json_schema") is not None:
-        constraint = params.constraint(engine.tokenizer, {"response_format": {
-            "type": "json_schema", "json_schema": {"schema": body["json_schema"]}}})
-    if params.field(body, "ignore_eos", bool, False) and constraint is None:
-        constraint = params.IgnoreEos(engine.tokenizer.eog_ids)
+    constraint = params.constraint(engine.tokenizer, body, app.default_grammar)
+    probs = Probs(*params.probs_request(body))
+    if params.field(body, "ignore_eos", bool, False):
+        # as llama.cpp: a -inf bias on every end-of-generation token
+        sampling.logit_bias.update((t, float("-inf")) for t in engine.tokenizer.eog_ids)
 
     def final(session, text, slot):
         stop_type = "limit"
@@ -262,11 +310,14 @@ def completion(app, http):
                "timings": timings(session)}
         if return_tokens:
             out["tokens"] = list(session.generated)
+        if probs.wanted and not stream:
+            out["completion_probabilities"] = probs.entries(engine.tokenizer, session.generated,
+                                                            session.probs)
         return out
 
     if not stream:
         session, text, slot = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                       constraint, lambda piece, ids: None)
+                                       constraint, lambda piece, ids: None, probs)
         http.send_json(200, final(session, text, slot))
         return
 
@@ -276,8 +327,10 @@ def completion(app, http):
         chunk = {"content": piece, "stop": False}
         if return_tokens:
             chunk["tokens"] = list(ids)
+        if probs.wanted:
+            chunk["completion_probabilities"] = probs.latest
         http.send_event(chunk)
 
     session, text, slot = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                   constraint, on_piece)
+                                   constraint, on_piece, probs)
     http.send_event(final(session, "", slot))

@@ -31,6 +31,7 @@ class App:
         self.chat_error = None
         self.created = int(time.time())
         self.verbose = args.verbose
+        self.default_grammar = getattr(args, "grammar_text", None)    # --grammar(-file)
 
     def load(self, gguf):
         """Build tokenizer, model, slots; warm the weights so the first request is quick."""

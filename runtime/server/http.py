@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import pkgutil
+import re
 import select
 import signal
 import socket
@@ -31,6 +32,28 @@ from runtime.server.app import App
 from runtime.server.connections import Listener, default_max_connections
 from runtime.server.embeddings import embeddings
 from runtime.server.errors import ApiError, ClientGone
+
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")   # where one might hide: a quick test
+
+
+def _has_lone_surrogate(value):
+    """Whether a parsed JSON value holds a string (or key) with an unpaired surrogate,
+    which no UTF-8 encoder downstream would accept."""
+    work = [value]
+    while work:
+        v = work.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            work.extend(v.keys())
+            work.extend(v.values())
+        elif isinstance(v, list):
+            work.extend(v)
+    return False
+
 
 MAX_BODY = 8 << 20          # bytes of request body we read; larger is 413
 
@@ -195,6 +218,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
+        if "\\u" in text and _LONE_SURROGATE.search(text) and _has_lone_surrogate(body):
+            raise ApiError(400, "the request holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                                "without its pair); send valid Unicode text")
         return body
 
     def check_key(self):

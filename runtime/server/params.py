@@ -42,42 +42,6 @@ def stops(body, name="stop"):
 
 
 
-class WithoutTokens:
-    """A logits row with some tokens masked to -inf, without copying the vocabulary:
-    top(k) asks the row for a few more candidates and drops the masked ones."""
-
-    def __init__(self, logits, banned):
-        self.logits = logits
-        self.banned = banned
-
-    def __len__(self):
-        return len(self.logits)
-
-    def __getitem__(self, i):
-        return float("-inf") if i in self.banned else self.logits[i]
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self.logits)))
-
-    def top(self, k):
-        from runtime.sampling import as_logits
-        best = as_logits(self.logits).top(k + len(self.banned))
-        return [(v, t) for v, t in best if t not in self.banned][:k]
-
-
-class IgnoreEos:
-    """llama.cpp's `ignore_eos`: generate past end-of-generation tokens (benchmarks)."""
-
-    def __init__(self, eog_ids):
-        self.eog = eog_ids
-
-    def sample(self, sampler, logits, history):
-        return sampler.sample(WithoutTokens(logits, self.eog), history)
-
-    def advance(self, token):
-        return False
-
-
 def token_ids(tokenizer, value, param, allow_empty=False):
     """A list of token ids, each inside the vocabulary."""
     n_vocab = tokenizer.n_vocab
@@ -143,11 +107,12 @@ def chat_tokens(app, messages):
     conversation.messages = clean
     return conversation.tokens(add_generation_prompt=True)
 
-def sampling(defaults, body, openai):
+def sampling(defaults, body, openai, tokenizer=None):
     """The request's sampling fields over the server's defaults (the command line's)."""
     from runtime.sampling import SamplingParams
     d = defaults
     return SamplingParams(
+        logit_bias=logit_bias(tokenizer, body) if tokenizer is not None else {},
         temperature=field(body, "temperature", float, d.temperature, 0.0, 2.0 if openai else 100.0),
         top_k=field(body, "top_k", int, d.top_k, 0, 1 << 30),
         top_p=field(body, "top_p", float, d.top_p, 0.0, 1.0),
@@ -159,41 +124,131 @@ def sampling(defaults, body, openai):
                                  -2.0, 2.0),
         seed=field(body, "seed", int, d.seed, -(1 << 63), (1 << 64) - 1))
 
-def constraint(tokenizer, body):
-    """The response_format as a JsonConstraint, or None."""
+def constraint(tokenizer, body, default_grammar=None):
+    """The request's `grammar`, `json_schema` or `response_format` as a Constraint
+    (runtime/constraint.py), else the server's --grammar, else None. A malformed one
+    is a 400 naming where; one too large to compile is a 413."""
+    from runtime import constraint as engine
+    grammar = field(body, "grammar", str)
+    schema = body.get("json_schema")
+    param = "json_schema"
     fmt = body.get("response_format")
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise ApiError(400, "'response_format' must be an object with a 'type'",
-                       param="response_format")
-    from runtime.json_constraint import JsonConstraint, SchemaError
-    kind = fmt["type"]
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        schema = fmt.get("schema")       # llama.cpp accepts a schema here too
-    elif kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise ApiError(400, "'response_format.json_schema' must be an object with a "
-                                "'schema' object", param="response_format")
-        schema = spec.get("schema", {})
-    else:
-        raise ApiError(400, f"response_format type {kind!r} is not supported "
-                            "(text, json_object, json_schema)", param="response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+            raise ApiError(400, "'response_format' must be an object with a 'type'",
+                           param="response_format")
+        kind = fmt["type"]
+        if kind == "json_object":
+            if "schema" in fmt or schema is None:     # llama.cpp accepts a schema here too
+                schema = fmt.get("schema", {})
+                param = "response_format"
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), (dict, bool)):
+                raise ApiError(400, "'response_format.json_schema' must be an object with a "
+                                    "'schema' object", param="response_format")
+            schema = spec.get("schema", {})
+            param = "response_format"
+        elif kind != "text":
+            raise ApiError(400, f"response_format type {kind!r} is not supported "
+                                "(text, json_object, json_schema)", param="response_format")
+    if grammar and schema is not None:
+        raise ApiError(400, "give either 'grammar' or a JSON schema, not both", param="grammar")
     try:
-        return JsonConstraint(tokenizer, schema)
-    except (SchemaError, TypeError, ValueError) as e:
-        raise ApiError(400, f"unsupported JSON schema: {e}", param="response_format") from None
+        if schema is not None:
+            if not isinstance(schema, (dict, bool)):
+                raise engine.SchemaError(f"the schema must be an object, got "
+                                         f"{type(schema).__name__}")
+            return engine.from_schema(tokenizer, schema if schema != {} else {"type": "object"})
+        if grammar:
+            param = "grammar"
+            return engine.from_grammar(tokenizer, grammar)
+        if default_grammar:
+            return engine.from_grammar(tokenizer, default_grammar)
+    except (engine.SchemaError, engine.GrammarError) as e:
+        what = "JSON schema" if param != "grammar" else "grammar"
+        if engine.is_limit_error(e):
+            raise ApiError(413, f"the {what} is too large: {e}", param=param) from None
+        raise ApiError(400, f"invalid {what}: {e}", param=param) from None
+    return None
+
+
+MAX_LOGIT_BIAS = 4096       # entries in one request's logit_bias
+
+
+def logit_bias(tokenizer, body):
+    """OpenAI's {"id": bias} or llama.cpp's [[id | text, bias]] as {token id: bias};
+    a text key biases each of its tokens; `false` bans (-inf)."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    elif isinstance(raw, list) and all(isinstance(e, list) and len(e) == 2 for e in raw):
+        pairs = [tuple(e) for e in raw]
+    else:
+        raise ApiError(400, "'logit_bias' must be an object {token: bias} or an array of "
+                            "[token, bias] pairs", param="logit_bias")
+    if len(pairs) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"'logit_bias' has {len(pairs)} entries; the limit is "
+                            f"{MAX_LOGIT_BIAS}", param="logit_bias")
+    n_vocab = tokenizer.n_vocab
+    out = {}
+    for key, value in pairs:
+        if value is False:
+            bias = float("-inf")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value):
+            bias = float(value)
+        else:
+            raise ApiError(400, f"logit_bias for {key!r} must be a number or false",
+                           param="logit_bias")
+        if isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(raw, dict):
+            key = int(key)
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not 0 <= key < n_vocab:
+                raise ApiError(400, f"logit_bias token id {key} is outside the vocabulary "
+                                    f"(0..{n_vocab - 1})", param="logit_bias")
+            ids = [key]
+        elif isinstance(key, str):
+            ids = tokenizer.encode(key, add_special=False, parse_special=False)
+        else:
+            raise ApiError(400, "logit_bias keys must be token ids or text", param="logit_bias")
+        for t in ids:
+            out[t] = out.get(t, 0.0) + bias
+    return out
+
+
+def probs_request(body, openai_chat=False, openai_completion=False):
+    """(n_probs, post_sampling): how many alternatives to report per generated token,
+    0 for none; llama.cpp's n_probs / post_sampling_probs, OpenAI's logprobs /
+    top_logprobs. Returns n_probs = -1 for "the chosen token only" (OpenAI's
+    logprobs without top_logprobs)."""
+    if openai_chat:
+        wanted = field(body, "logprobs", bool, False)
+        top = field(body, "top_logprobs", int, None, 0, 20)
+        if top is not None and not wanted:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if not wanted:
+            return 0, False
+        return (top if top else -1), False
+    if openai_completion:
+        value = body.get("logprobs")
+        if value is None or value is False:
+            return 0, False
+        if value is True:
+            return -1, False
+        n = field(body, "logprobs", int, 0, 0, 20)
+        return (n if n else -1), False
+    n = field(body, "n_probs", int, 0, 0, 1000)
+    return n, field(body, "post_sampling_probs", bool, False)
+
 
 def check_openai(body):
     """Refuse OpenAI fields we do not honour rather than ignore them."""
     n = field(body, "n", int, 1)
     if n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        raise ApiError(400, "logprobs are not supported", param="logprobs")
     if body.get("tools") or body.get("functions"):
         raise ApiError(400, "tools and function calling are not supported", param="tools")
     if field(body, "best_of", int, 1) != 1:
