@@ -106,7 +106,7 @@ def test_bad_schemas_are_refused(schema, words):
 
 
 def test_huge_enum_is_refused_quickly():
-    schema = {"enum": [f"value-{i:06d}-" + "x" * 40 for i in range(20000)]}
+    schema = {"enum": [f"value-{i:06d}-" + "x" * 46 for i in range(20000)]}
     body = json.dumps({"json_schema": schema})
     assert len(body) > 1_000_000
     t0 = time.perf_counter()

@@ -260,7 +260,7 @@ def openai_generate(app, http, chat):
 
     http.start_events()
     if chat:
-        http.send_event(envelope([choice("", None, {"role": "assistant", "content": ""})]))
+        http.send_event(envelope([choice("", None, {"role": "assistant", "content": None})]))
 
     def on_piece(piece, ids):
         delta = {"content": piece} if chat else None
