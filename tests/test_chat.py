@@ -232,7 +232,8 @@ class _EchoSession:
         self.timings = None
         self.finish_reason = "stop"
 
-    def generate(self, prompt_tokens, params, n_predict, stops, should_stop=None):
+    def generate(self, prompt_tokens, params, n_predict, stops, should_stop=None,
+                 constraint=None):
         assert len(prompt_tokens) + n_predict <= self.n_ctx
         self.tokens = list(prompt_tokens)
         yield "ok"
