@@ -209,9 +209,15 @@ def test_n_probs(server):
     assert status == 200 and len(r["completion_probabilities"]) == 5
     for e in r["completion_probabilities"]:
         check_logprob_entry(e, 10)
-    events = completion_events(server, body)
-    streamed = [p for e in events if not e["stop"] for p in e["completion_probabilities"]]
-    assert [p["id"] for p in streamed] == [p["id"] for p in r["completion_probabilities"]]
+    # streamed: each chunk carries the entries of its own tokens
+    events = completion_events(server, dict(body, prompt="The meaning of life is",
+                                            return_tokens=True))
+    chunks = [e for e in events if not e["stop"]]
+    assert sum(len(e["tokens"]) for e in chunks) == 5
+    for e in chunks:
+        assert [p["id"] for p in e["completion_probabilities"]] == e["tokens"]
+        for p in e["completion_probabilities"]:
+            check_logprob_entry(p, 10)
 
 
 def test_post_sampling_probs(server):
