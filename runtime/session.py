@@ -97,20 +97,21 @@ class Session:
         return self.last_logits
 
     def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None,
-                 constraint=None):
+                 constraint=None, shown_tokens=()):
         """Yield text pieces of the continuation of `prompt_tokens`.
 
         Stops at an end-of-generation token, a stop string (not included in the output),
         `n_predict` tokens (-1: until the context is full), or when `should_stop()` says so.
         `self.finish_reason` is "stop" or "length" afterwards; `self.generated` the ids.
         A `constraint` (runtime/json_constraint.py) picks tokens instead of the plain
-        sampler and ends generation when its output is complete.
+        sampler and ends generation when its output is complete. `shown_tokens`: control
+        tokens whose text is part of the output (tool-call markers a parser reads).
         """
         from runtime.tokenizer import StreamDecoder
 
         sampler = Sampler(params)
         logits = self.prefill(prompt_tokens)
-        decoder = StreamDecoder(self.tokenizer)
+        decoder = StreamDecoder(self.tokenizer, shown=shown_tokens)
         eog = self.tokenizer.eog_ids
         self.generated = []
         self.finish_reason = "length"

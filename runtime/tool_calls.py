@@ -531,6 +531,12 @@ class StreamParser:
     def finish(self):
         return self._update(self.parser.parse(self.text, partial=False))
 
+    def parse_all(self, text):
+        """The message of a whole reply at once."""
+        self.text = text
+        self.finish()
+        return self.message
+
     def _update(self, new):
         for i, call in enumerate(new.tool_calls):
             if i >= len(self.ids):
@@ -574,10 +580,7 @@ def _grown(old, new):
 
 def parse_reply(text, fmt="content", reasoning_format="deepseek", thinking_forced_open=False):
     """The message of a complete reply, with ids for its tool calls."""
-    stream = StreamParser(OutputParser(fmt, reasoning_format, thinking_forced_open))
-    stream.text = text
-    stream.finish()
-    return stream.message
+    return StreamParser(OutputParser(fmt, reasoning_format, thinking_forced_open)).parse_all(text)
 
 
 # ---------------------------------------------------------------- prompts and schemas

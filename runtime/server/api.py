@@ -10,6 +10,7 @@ import time
 import uuid
 
 from runtime.server import params
+from runtime.server.chat import ChatRequest, delta_json, message_json
 from runtime.server.errors import ApiError, ClientGone
 
 
@@ -80,7 +81,8 @@ def detokenize(app, http):
     http.send_json(200, {"content": engine.tokenizer.decode(ids)})
 
 
-def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece):
+def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece,
+             shown_tokens=()):
     """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces.
     Returns (slot session, text, slot)."""
     engine = app.engine
@@ -100,7 +102,7 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
     sent = 0
     try:
         for piece in session.generate(prompt_tokens, sampling, n_predict, stops, should_stop,
-                                      constraint):
+                                      constraint, shown_tokens):
             slot.state = "generating"
             pieces.append(piece)
             ids = session.generated[sent:]
@@ -158,8 +160,10 @@ def openai_generate(app, http, chat):
     stream = params.field(body, "stream", bool, False)
     options = params.field(body, "stream_options", dict, {})
     include_usage = params.field(options, "include_usage", bool, False)
+    request = None
     if chat:
-        prompt_tokens = params.chat_tokens(app, body.get("messages"))
+        request = ChatRequest(app, body)
+        prompt_tokens = request.prompt_tokens
     else:
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required", param="prompt")
@@ -168,19 +172,20 @@ def openai_generate(app, http, chat):
                               ("max_completion_tokens", "max_tokens"), openai=True)
     sampling = params.sampling(app.defaults, body, openai=True)
     stops = params.stops(body)
-    constraint = params.constraint(engine.tokenizer, body)
+    constraint = request.constraint if chat else params.constraint(engine.tokenizer, body)
+    shown = request.shown_tokens if chat else ()
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = app.model_name
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text, finish, delta=None):
+    def choice(text, finish, delta=None, message=None):
         if chat:
             c = {"index": 0, "logprobs": None, "finish_reason": finish}
             if delta is not None:
                 c["delta"] = delta
             else:
-                c["message"] = {"role": "assistant", "content": text}
+                c["message"] = message_json(message)
             return c
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
@@ -191,25 +196,42 @@ def openai_generate(app, http, chat):
         obj.update(extra)
         return obj
 
+    def finish_reason(session, message):
+        if message is not None and message.tool_calls and session.finish_reason == "stop":
+            return "tool_calls"
+        return session.finish_reason
+
     if not stream:
         session, text, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                    constraint, lambda piece, ids: None)
-        http.send_json(200, envelope([choice(text, session.finish_reason)],
+                                    constraint, lambda piece, ids: None, shown)
+        message = request.stream().parse_all(text) if chat else None
+        http.send_json(200, envelope([choice(text, finish_reason(session, message),
+                                             message=message)],
                                      usage=usage(prompt_tokens, session),
                                      timings=timings(session)))
         return
 
     http.start_events()
+    parser = request.stream() if chat else None
     if chat:
-        http.send_event(envelope([choice("", None, {"role": "assistant", "content": ""})]))
+        http.send_event(envelope([choice("", None, {"role": "assistant", "content": None})]))
+
+    def send_deltas(deltas):
+        for delta in deltas:
+            http.send_event(envelope([choice("", None, delta_json(delta))]))
 
     def on_piece(piece, ids):
-        delta = {"content": piece} if chat else None
-        http.send_event(envelope([choice(piece, None, delta)]))
+        if chat:
+            send_deltas(parser.feed(piece))
+        else:
+            http.send_event(envelope([choice(piece, None)]))
 
     session, _, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint,
-                             on_piece)
-    final = envelope([choice("", session.finish_reason, {} if chat else None)],
+                             on_piece, shown)
+    if chat:
+        send_deltas(parser.finish())
+    final = envelope([choice("", finish_reason(session, parser and parser.message),
+                             {} if chat else None)],
                      timings=timings(session))
     http.send_event(final)
     if include_usage:
