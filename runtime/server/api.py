@@ -82,12 +82,15 @@ def detokenize(app, http):
 
 
 def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece,
-             shown_tokens=()):
-    """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces.
+             shown_tokens=(), on_session=None):
+    """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces,
+    `on_session(session)` the slot's session once it has one.
     Returns (slot session, text, slot)."""
     engine = app.engine
     slot = engine.acquire(prompt_tokens, http.client_gone)
     session = slot.session
+    if on_session is not None:
+        on_session(session)
     gone = []
 
     def should_stop():
