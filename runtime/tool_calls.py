@@ -285,9 +285,14 @@ def _held_back(text, marks):
     return best
 
 
-def _call_from(scan, obj, path, complete, args_keys=("arguments", "parameters"), fmt=""):
-    """A ToolCall from a parsed call object, or None while its name is still unknown."""
+def _call_from(scan, obj, path, complete, args_keys=("arguments", "parameters"),
+               wait_for_id=False):
+    """A ToolCall from a parsed call object, or None while its name (or, with
+    `wait_for_id`, its id, which Mistral writes last) is still unknown."""
     if not isinstance(obj, dict):
+        return None
+    id_span = scan.spans.get(path + ("id",))
+    if wait_for_id and not complete and (id_span is None or id_span[1] is None):
         return None
     name_span = scan.spans.get(path + ("name",))
     if not isinstance(obj.get("name"), str) or name_span is None or name_span[1] is None:
@@ -301,7 +306,7 @@ def _call_from(scan, obj, path, complete, args_keys=("arguments", "parameters"),
     if complete and not arguments:
         arguments = "{}"
     call_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
-    if call_id and scan.spans.get(path + ("id",), (0, None))[1] is None:
+    if call_id and (id_span is None or id_span[1] is None):
         call_id = ""        # still being written
     return ToolCall(obj["name"], arguments, call_id)
 
@@ -449,7 +454,8 @@ class OutputParser:
             arr = [arr]
             scan.spans = {(0,) + k: v for k, v in scan.spans.items()}
         for i, obj in enumerate(arr if isinstance(arr, list) else []):
-            call = _call_from(scan, obj, (i,), complete or i < len(arr) - 1)
+            call = _call_from(scan, obj, (i,), complete or i < len(arr) - 1,
+                              wait_for_id=True)
             if call is not None:
                 msg.tool_calls.append(call)
 
@@ -477,6 +483,7 @@ class OutputParser:
             for i, item in enumerate(calls):
                 call = _call_from(scan, item, ("tool_calls", i), complete or i < len(calls) - 1)
                 if call is not None:
+                    call.id = ""    # ours to give: the shape has none, so streams agree
                     msg.tool_calls.append(call)
         if complete and not msg.tool_calls and "response" not in obj:
             msg.content = text      # JSON, but not ours: the model's words as they are
