@@ -138,7 +138,7 @@ def test_anthropic_plain_and_streamed(claude):
     assert message.usage.input_tokens > 0 and 0 < message.usage.output_tokens <= 16
 
     kinds = []
-    with claude.messages.stream(model="m", max_tokens=12, temperature=0,
+    with claude.messages.stream(model="m", max_tokens=12, extra_body={"temperature": 0},
                                 messages=[{"role": "user", "content": "Count to five"}]) as s:
         for event in s:
             kinds.append(event.type)
@@ -152,7 +152,7 @@ def test_anthropic_plain_and_streamed(claude):
 
 
 def test_anthropic_stop_sequences(claude):
-    message = claude.messages.create(model="m", max_tokens=60, temperature=0,
+    message = claude.messages.create(model="m", max_tokens=60, extra_body={"temperature": 0},
                                      stop_sequences=["\n", "."],
                                      messages=[{"role": "user", "content": "Tell me a story"}])
     if message.stop_reason == "stop_sequence":
@@ -166,18 +166,19 @@ def test_anthropic_tool_round_trip(claude):
     tools = [{"name": "get_weather", "description": "Get the current weather in a city",
               "input_schema": WEATHER["function"]["parameters"]}]
     question = {"role": "user", "content": "What is the weather in Paris?"}
-    first = claude.messages.create(model="m", max_tokens=80, tools=tools, temperature=0,
+    first = claude.messages.create(model="m", max_tokens=80, tools=tools, extra_body={"temperature": 0},
                                    tool_choice={"type": "any"}, messages=[question])
     assert first.stop_reason == "tool_use"
     (use,) = [b for b in first.content if b.type == "tool_use"]
     assert use.name == "get_weather" and use.id
     assert validate(use.input, WEATHER["function"]["parameters"]) == []
-    with claude.messages.stream(model="m", max_tokens=80, tools=tools, temperature=0,
+    with claude.messages.stream(model="m", max_tokens=80, tools=tools, extra_body={"temperature": 0},
                                 tool_choice={"type": "any"}, messages=[question]) as s:
         streamed = s.get_final_message()
     assert [b.input for b in streamed.content if b.type == "tool_use"] == [use.input]
     second = claude.messages.create(
-        model="m", max_tokens=30, tools=tools, tool_choice={"type": "none"}, temperature=0,
+        model="m", max_tokens=30, tools=tools, tool_choice={"type": "none"},
+        extra_body={"temperature": 0},
         messages=[question, {"role": "assistant", "content": first.content},
                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
                                                 "content": "Sunny, 25 degrees"}]}])
