@@ -35,6 +35,10 @@ def _text_of(content, where):
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in MEDIA_PARTS:
+            if not isinstance(part.get(kind), dict):
+                raise ApiError(400, f"{where}.content: a {kind} part needs an {kind} "
+                                    "object", param="messages")
+            # Well formed, but this model reads no media: llama-server's 500 and words.
             raise ApiError(500, NO_MEDIA.replace("image", MEDIA_PARTS[kind], 1))
         if kind not in ("text", "input_text", "output_text") or not isinstance(
                 part.get("text"), str):

@@ -34,7 +34,7 @@ def _parts(content, where):
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
             out.append({"type": "text", "text": part["text"]})
         elif kind == "input_image":
-            out.append({"type": "image_url", "image_url": {"url": part.get("image_url")}})
+            out.append({"type": "image_url", "image_url": {"url": str(part.get("image_url"))}})
         elif kind == "refusal":
             out.append({"type": "text", "text": str(part.get("refusal", ""))})
         else:
