@@ -200,3 +200,16 @@ def test_constrained_shapes():
     assert tc.constrained_reply("hermes", [WEATHER], False, allow_content=True) is None
     generic = tc.constrained_reply("generic", [WEATHER], True, allow_content=True)
     assert len(generic) == 1 and len(generic[0][1]["anyOf"]) == 2
+
+
+@pytest.mark.parametrize("name,calls", [
+    ("Qwen-Qwen2.5-7B-Instruct.jinja", True), ("meta-llama-Llama-3.1-8B-Instruct.jinja", True),
+    ("mistralai-Mistral-Nemo-Instruct-2407.jinja", True), ("google-gemma-2-2b-it.jinja", False)])
+def test_template_caps(name, calls):
+    """Which templates render tool calls and results themselves (the others get them
+    written into the conversation as JSON)."""
+    from runtime.chat import ChatTemplate
+    from runtime.server.chat import TemplateCaps
+    caps = TemplateCaps(ChatTemplate(template(name), bos_token="<s>", eos_token="</s>"))
+    assert caps.tool_calls == calls and caps.tool_responses == calls
+    assert caps.tools == calls

@@ -158,11 +158,12 @@ class TemplateCaps:
         self.tool_calls = self.tool_responses = False
         if not source:
             return
-        call = {"id": "call_probe_1", "type": "function",
+        # Nine letters and digits: Mistral's templates refuse any other call id.
+        call = {"id": "probe1234", "type": "function",
                 "function": {"name": "probe_fn_7d1f", "arguments": {"probe": 1}}}
         probe = [{"role": "user", "content": "hi"},
                  {"role": "assistant", "content": "", "tool_calls": [call]},
-                 {"role": "tool", "tool_call_id": "call_probe_1", "name": "probe_fn_7d1f",
+                 {"role": "tool", "tool_call_id": "probe1234", "name": "probe_fn_7d1f",
                   "content": "probe result 7d1f"}]
         try:
             text = fmt.render(probe, False)
