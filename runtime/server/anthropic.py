@@ -11,8 +11,9 @@ import json
 import uuid
 
 from runtime.server import params
-from runtime.server.chat import ChatRequest, generate_reply, matched_stop
+from runtime.server.chat import ChatRequest
 from runtime.server.errors import ApiError
+from runtime.server.replies import generate_reply, matched_stop
 
 DEFAULT_MAX_TOKENS = 4096
 

@@ -107,12 +107,6 @@ def prompt_tokens(tokenizer, prompt, param="prompt"):
         raise ApiError(400, "only one prompt per request is supported (n=1)", param=param)
     raise ApiError(400, f"'{param}' must be a string or an array of token ids", param=param)
 
-def chat_tokens(app, messages):
-    """Token ids of an OpenAI messages array, through the chat template."""
-    from runtime.server.chat import ChatRequest
-    return ChatRequest(app, {"messages": messages}).prompt_tokens
-
-
 def sampling(defaults, body, openai):
     """The request's sampling fields over the server's defaults (the command line's)."""
     from runtime.sampling import SamplingParams

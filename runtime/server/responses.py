@@ -14,8 +14,9 @@ import uuid
 
 from runtime.server import params
 from runtime.server.api import timings
-from runtime.server.chat import ChatRequest, generate_reply
+from runtime.server.chat import ChatRequest
 from runtime.server.errors import ApiError
+from runtime.server.replies import generate_reply
 
 
 def _id(prefix):
