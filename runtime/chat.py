@@ -213,8 +213,8 @@ class Conversation:
         del self.messages[start:end]
         return True
 
-    def tokens(self, add_generation_prompt=True, extra=None):
-        return self.text_tokens(self.fmt.render(self.messages, add_generation_prompt, extra))
+    def tokens(self, add_generation_prompt=True):
+        return self.text_tokens(self.fmt.render(self.messages, add_generation_prompt))
 
     def text_tokens(self, text):
         """Token ids of a rendered conversation."""
