@@ -81,13 +81,14 @@ class ChatTemplate:
                             f"{e.message}") from None
         self._system_supported = None
 
-    def _render_raw(self, messages, add_generation_prompt):
+    def _render_raw(self, messages, add_generation_prompt, extra=None):
         import jinja2
+        context = dict(extra or {})     # tools, enable_thinking, ...: as HF passes them
+        context.update(messages=messages, add_generation_prompt=add_generation_prompt,
+                       bos_token=self.bos_token, eos_token=self.eos_token,
+                       strftime_now=lambda fmt: self.now().strftime(fmt))
         try:
-            return self.template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token,
-                strftime_now=lambda fmt: self.now().strftime(fmt))
+            return self.template.render(**context)
         except UserError:
             raise
         except jinja2.TemplateError as e:
@@ -107,9 +108,10 @@ class ChatTemplate:
                 self._system_supported = False
         return self._system_supported
 
-    def render(self, messages, add_generation_prompt=True):
+    def render(self, messages, add_generation_prompt=True, extra=None):
         """The prompt text for `messages`. A system message that the template cannot
-        take is folded into the first user message instead of being lost."""
+        take is folded into the first user message instead of being lost. `extra`:
+        more template variables (tools, enable_thinking, ...)."""
         messages = [dict(m) for m in messages]
         if messages and messages[0]["role"] == "system" and not self.supports_system:
             system = messages.pop(0)["content"]
@@ -117,7 +119,7 @@ class ChatTemplate:
                 messages[0]["content"] = system + SYSTEM_FOLD_SEPARATOR + messages[0]["content"]
             elif system:
                 messages.insert(0, {"role": "user", "content": system})
-        return self._render_raw(messages, add_generation_prompt)
+        return self._render_raw(messages, add_generation_prompt, extra)
 
 
 def token_text(gguf, token_id):
@@ -212,7 +214,10 @@ class Conversation:
         return True
 
     def tokens(self, add_generation_prompt=True):
-        text = self.fmt.render(self.messages, add_generation_prompt)
+        return self.text_tokens(self.fmt.render(self.messages, add_generation_prompt))
+
+    def text_tokens(self, text):
+        """Token ids of a rendered conversation."""
         ids = self.tokenizer.encode(text, add_special=True, parse_special=True)
         # Templates that write bos_token themselves, on a tokenizer that adds BOS too:
         # keep one, as llama.cpp does.

@@ -440,5 +440,7 @@ class BuiltinFormat:
         self.source = ""   # no Jinja text: a format written in code
         self._format = FORMATS[name]
 
-    def render(self, messages, add_generation_prompt=True):
+    def render(self, messages, add_generation_prompt=True, extra=None):
+        # `extra` (Jinja variables such as tools) has no place in a format written in
+        # code: tools reach these formats through the system message instead.
         return self._format(messages, add_generation_prompt)

@@ -143,6 +143,10 @@ def build_parser(bundle=False):
                              "llama-server)")
     server.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                         help="serve the slots' state on /slots")
+    server.add_argument("--reasoning-format", default="auto",
+                        choices=("auto", "deepseek", "deepseek-legacy", "none"),
+                        help="reasoning models' <think> text: in reasoning_content (auto, "
+                             "deepseek) or left in the content (none)")
     server.add_argument("--nobrowser", action="store_true",
                         help="do not open the chat page in a browser")
     return p

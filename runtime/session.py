@@ -113,7 +113,7 @@ class Session:
         return self.last_logits
 
     def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None,
-                 constraint=None, n_probs=0, post_sampling=False):
+                 constraint=None, n_probs=0, post_sampling=False, shown_tokens=()):
         """Yield text pieces of the continuation of `prompt_tokens`.
 
         Stops at an end-of-generation token, a stop string (not included in the output),
@@ -127,13 +127,15 @@ class Session:
         own distribution, or with `post_sampling` as (its probability, [(prob, id)]) of
         the distribution the sampler finally drew from (llama.cpp's n_probs and
         post_sampling_probs).
+        `shown_tokens`: control tokens whose text is part of the output (tool-call
+        markers a parser reads).
         """
         from runtime.tokenizer import StreamDecoder
 
         sampler = Sampler(params)
         sampler.keep_probs = n_probs > 0 and post_sampling
         logits = self.prefill(prompt_tokens)
-        decoder = StreamDecoder(self.tokenizer)
+        decoder = StreamDecoder(self.tokenizer, shown=shown_tokens)
         eog = self.tokenizer.eog_ids
         bias = params.logit_bias
         self.generated = []

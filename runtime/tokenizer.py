@@ -604,13 +604,15 @@ class StreamDecoder:
     special=True.
     """
 
-    def __init__(self, tokenizer, special=False):
+    def __init__(self, tokenizer, special=False, shown=()):
         self.tokenizer = tokenizer
         self.special = special
+        self.shown = frozenset(shown)   # control tokens shown anyway (tool-call markers)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, token_id):
-        return self._utf8.decode(self.tokenizer.token_to_piece(token_id, self.special))
+        special = self.special or token_id in self.shown
+        return self._utf8.decode(self.tokenizer.token_to_piece(token_id, special))
 
     def flush(self):
         """Whatever is left; an unfinished character becomes U+FFFD."""

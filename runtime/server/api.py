@@ -10,6 +10,7 @@ import time
 import uuid
 
 from runtime.server import params
+from runtime.server.chat import ChatRequest, delta_json, message_json
 from runtime.server.errors import ApiError, ClientGone
 
 
@@ -125,13 +126,16 @@ def token_entry(tokenizer, token, key, value):
 
 
 def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece,
-             probs=None):
+             probs=None, shown_tokens=(), on_session=None):
     """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces
-    (and with `probs` (a Probs), probs.latest holds those tokens' probabilities).
+    (and with `probs` (a Probs), probs.latest holds those tokens' probabilities),
+    `on_session(session)` the slot's session once it has one.
     Returns (slot session, text, slot)."""
     engine = app.engine
     slot = engine.acquire(prompt_tokens, http.client_gone)
     session = slot.session
+    if on_session is not None:
+        on_session(session)
     gone = []
 
     def should_stop():
@@ -148,7 +152,8 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
     try:
         for piece in session.generate(prompt_tokens, sampling, n_predict, stops, should_stop,
                                       constraint, n_probs=abs(probs.n) if wanted else 0,
-                                      post_sampling=wanted and probs.post):
+                                      post_sampling=wanted and probs.post,
+                                      shown_tokens=shown_tokens):
             slot.state = "generating"
             pieces.append(piece)
             ids = session.generated[sent:]
@@ -212,8 +217,10 @@ def openai_generate(app, http, chat):
     stream = params.field(body, "stream", bool, False)
     options = params.field(body, "stream_options", dict, {})
     include_usage = params.field(options, "include_usage", bool, False)
+    request = None
     if chat:
-        prompt_tokens = params.chat_tokens(app, body.get("messages"))
+        request = ChatRequest(app, body)
+        prompt_tokens = request.prompt_tokens
     else:
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required", param="prompt")
@@ -222,21 +229,23 @@ def openai_generate(app, http, chat):
                               ("max_completion_tokens", "max_tokens"), openai=True)
     sampling = params.sampling(app.defaults, body, openai=True, tokenizer=engine.tokenizer)
     stops = params.stops(body)
-    constraint = params.constraint(engine.tokenizer, body, app.default_grammar)
+    constraint = (request.constraint if chat
+                  else params.constraint(engine.tokenizer, body, app.default_grammar))
+    shown = request.shown_tokens if chat else ()
     probs = Probs(*params.probs_request(body, openai_chat=chat, openai_completion=not chat))
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = app.model_name
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text, finish, delta=None, logprobs=None):
+    def choice(text, finish, delta=None, message=None, logprobs=None):
         lp = {"content": logprobs} if logprobs is not None else None
         if chat:
             c = {"index": 0, "logprobs": lp, "finish_reason": finish}
             if delta is not None:
                 c["delta"] = delta
             else:
-                c["message"] = {"role": "assistant", "content": text}
+                c["message"] = message_json(message)
             return c
         return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
 
@@ -247,29 +256,56 @@ def openai_generate(app, http, chat):
         obj.update(extra)
         return obj
 
+    def finish_reason(session, message):
+        if message is not None and message.tool_calls and session.finish_reason == "stop":
+            return "tool_calls"
+        return session.finish_reason
+
     if not stream:
         session, text, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                    constraint, lambda piece, ids: None, probs)
+                                    constraint, lambda piece, ids: None, probs,
+                                    shown_tokens=shown)
         logprobs = None
         if probs.wanted:
             logprobs = probs.entries(engine.tokenizer, session.generated, session.probs)
-        http.send_json(200, envelope([choice(text, session.finish_reason, None, logprobs)],
+        message = request.stream().parse_all(text) if chat else None
+        http.send_json(200, envelope([choice(text, finish_reason(session, message),
+                                             message=message, logprobs=logprobs)],
                                      usage=usage(prompt_tokens, session),
                                      timings=timings(session)))
         return
 
     http.start_events()
+    parser = request.stream() if chat else None
     if chat:
         http.send_event(envelope([choice("", None, {"role": "assistant", "content": None})]))
 
+    held_logprobs = []      # entries of tokens whose text the parser still holds back
+
+    def send_deltas(deltas):
+        for delta in deltas:
+            logprobs = None
+            if probs.wanted:
+                logprobs = list(held_logprobs)
+                held_logprobs.clear()
+            http.send_event(envelope([choice("", None, delta_json(delta),
+                                             logprobs=logprobs)]))
+
     def on_piece(piece, ids):
-        delta = {"content": piece} if chat else None
-        logprobs = probs.latest if probs.wanted else None
-        http.send_event(envelope([choice(piece, None, delta, logprobs)]))
+        if chat:
+            if probs.wanted:
+                held_logprobs.extend(probs.latest)
+            send_deltas(parser.feed(piece))
+        else:
+            logprobs = probs.latest if probs.wanted else None
+            http.send_event(envelope([choice(piece, None, logprobs=logprobs)]))
 
     session, _, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint,
-                             on_piece, probs)
-    final = envelope([choice("", session.finish_reason, {} if chat else None)],
+                             on_piece, probs, shown_tokens=shown)
+    if chat:
+        send_deltas(parser.finish())
+    final = envelope([choice("", finish_reason(session, parser and parser.message),
+                             {} if chat else None)],
                      timings=timings(session))
     http.send_event(final)
     if include_usage:

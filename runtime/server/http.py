@@ -27,7 +27,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from runtime.errors import UserError
-from runtime.server import api
+from runtime.server import anthropic, api, responses
 from runtime.server.app import App
 from runtime.server.connections import Listener, default_max_connections
 from runtime.server.embeddings import embeddings
@@ -158,10 +158,11 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True    # the stream ends when we close
         self.app.metrics.count_request(200)
 
-    def send_event(self, obj):
+    def send_event(self, obj, event=None):
         data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+        head = b"event: " + event.encode("utf-8") + b"\n" if event else b""
         try:
-            self.wfile.write(b"data: " + data.encode("utf-8") + b"\n\n")
+            self.wfile.write(head + b"data: " + data.encode("utf-8") + b"\n\n")
             self.wfile.flush()
         except (OSError, ValueError):
             raise ClientGone() from None
@@ -248,6 +249,8 @@ class Handler(BaseHTTPRequestHandler):
         ("POST", "/v1/embeddings"): "embeddings", ("POST", "/embeddings"): "embeddings",
         ("POST", "/embedding"): "embeddings",
         ("POST", "/tokenize"): "tokenize", ("POST", "/detokenize"): "detokenize",
+        ("POST", "/v1/messages"): "messages", ("POST", "/v1/messages/count_tokens"): "count_tokens",
+        ("POST", "/v1/responses"): "responses", ("POST", "/responses"): "responses",
     }
     OPEN = ("page", "health")      # no API key needed
     CHEAP = ("page", "health", "models", "metrics", "slots", "props")   # their own worker lane
@@ -256,7 +259,9 @@ class Handler(BaseHTTPRequestHandler):
                  "slots": api.slots, "props": api.props, "chat": api.chat,
                  "openai_completion": api.openai_completion, "completion": api.completion,
                  "embeddings": embeddings, "tokenize": api.tokenize,
-                 "detokenize": api.detokenize}
+                 "detokenize": api.detokenize,
+                 "messages": anthropic.messages, "count_tokens": anthropic.count_tokens,
+                 "responses": responses.responses}
 
     def dispatch(self):
         path = self.path.split("?", 1)[0]

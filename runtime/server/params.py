@@ -71,42 +71,6 @@ def prompt_tokens(tokenizer, prompt, param="prompt"):
         raise ApiError(400, "only one prompt per request is supported (n=1)", param=param)
     raise ApiError(400, f"'{param}' must be a string or an array of token ids", param=param)
 
-def chat_tokens(app, messages):
-    """Token ids of an OpenAI messages array, through the chat template."""
-    from runtime.chat import Conversation
-    if app.chat_format is None:
-        raise ApiError(500, f"chat is unavailable: {app.chat_error}")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty array", param="messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object", param="messages")
-        role = m.get("role")
-        if role == "developer":
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}].role must be system, user or assistant",
-                           param="messages")
-        content = m.get("content")
-        if content is None and role == "assistant":
-            content = ""
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if not (isinstance(part, dict) and part.get("type") == "text"
-                        and isinstance(part.get("text"), str)):
-                    raise ApiError(400, f"messages[{i}].content: only text parts are "
-                                        "supported", param="messages")
-                parts.append(part["text"])
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
-        clean.append({"role": role, "content": content})
-    conversation = Conversation(app.chat_format, app.engine.tokenizer)
-    conversation.messages = clean
-    return conversation.tokens(add_generation_prompt=True)
-
 def sampling(defaults, body, openai, tokenizer=None):
     """The request's sampling fields over the server's defaults (the command line's)."""
     from runtime.sampling import SamplingParams
@@ -249,8 +213,9 @@ def check_openai(body):
     n = field(body, "n", int, 1)
     if n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
-    if body.get("tools") or body.get("functions"):
-        raise ApiError(400, "tools and function calling are not supported", param="tools")
+    if body.get("functions") or body.get("function_call"):
+        raise ApiError(400, "the legacy 'functions' field is not supported; send 'tools'",
+                       param="functions")
     if field(body, "best_of", int, 1) != 1:
         raise ApiError(400, "only best_of=1 is supported", param="best_of")
     if field(body, "echo", bool, False):

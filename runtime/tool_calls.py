@@ -1,0 +1,663 @@
+"""A model's reply as a message: content, reasoning and tool calls.
+
+Models write tool calls in their own text format, which their chat template teaches
+them. We recognise the family from the template source the way llama.cpp does and
+parse the reply with that family's parser:
+
+  hermes        Hermes 2 Pro, Qwen 2.5, Qwen 3:  <tool_call>{"name": .., "arguments": ..}</tool_call>
+  llama3        Llama 3.x:  {"name": .., "parameters": ..}  or  <|python_tag|>name.call(k="v")
+  mistral_nemo  Mistral Nemo:  [TOOL_CALLS][{"name": .., "arguments": .., "id": ..}]
+  generic       any other template: the whole reply is JSON, constrained while decoding,
+                {"response": ".."} or {"tool_call": {..}} or {"tool_calls": [{..}]}
+
+Reasoning models (Qwen3, DeepSeek-R1) think inside <think>...</think> first; with
+reasoning format "deepseek" that text becomes `reasoning_content`.
+
+Streaming: the reply so far is parsed as a prefix (`partial=True`), which holds back
+anything that could still turn into a marker, and each step's message is compared
+with the last one; the differences are the deltas a client receives. Arguments are
+the model's own JSON text, so they only ever grow.
+
+Standard library only: this runs on a bare python3.
+"""
+
+import json
+import random
+import re
+import string
+
+FORMATS = ("content", "generic", "hermes", "llama3", "mistral_nemo")
+REASONING_FORMATS = ("none", "deepseek", "auto")
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+PYTHON_TAG = "<|python_tag|>"
+MISTRAL_CALLS = "[TOOL_CALLS]"
+
+
+def detect_format(template_source):
+    """The tool-call family a chat template teaches, from its source text."""
+    src = template_source or ""
+    if HERMES_OPEN in src:
+        return "hermes"
+    if MISTRAL_CALLS in src:
+        return "mistral_nemo"
+    if "<|start_header_id|>ipython<|end_header_id|>" in src or PYTHON_TAG in src:
+        return "llama3"
+    return "generic"
+
+
+def template_thinks(template_source):
+    """Whether the template is a reasoning model's (writes <think> blocks)."""
+    return THINK_OPEN in (template_source or "")
+
+
+def markers(fmt):
+    """Marker texts the parser reads, which the decoder must show even when the
+    vocabulary makes them control tokens."""
+    return {"hermes": [HERMES_OPEN, HERMES_CLOSE], "llama3": [PYTHON_TAG],
+            "mistral_nemo": [MISTRAL_CALLS]}.get(fmt, []) + [THINK_OPEN, THINK_CLOSE]
+
+
+def new_call_id(fmt):
+    """An id for a tool call the model did not name: Mistral's templates insist on
+    9 letters or digits; others take llama-server's 32."""
+    n = 9 if fmt == "mistral_nemo" else 32
+    return "".join(random.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+class ToolCall:
+    def __init__(self, name, arguments, call_id=""):
+        self.name = name
+        self.arguments = arguments      # the JSON text of the arguments
+        self.id = call_id
+
+    def __eq__(self, other):
+        return (self.name, self.arguments, self.id) == (other.name, other.arguments, other.id)
+
+    def __repr__(self):
+        return f"ToolCall({self.name!r}, {self.arguments!r}, {self.id!r})"
+
+
+class Message:
+    """An assistant message: content, reasoning_content and tool_calls."""
+
+    def __init__(self, content="", reasoning_content="", tool_calls=None):
+        self.content = content
+        self.reasoning_content = reasoning_content
+        self.tool_calls = list(tool_calls or [])
+
+    def __repr__(self):
+        return (f"Message(content={self.content!r}, reasoning_content="
+                f"{self.reasoning_content!r}, tool_calls={self.tool_calls!r})")
+
+
+# ---------------------------------------------------------------- JSON prefixes
+
+class _Cut(Exception):
+    """The text ended inside a value; `value` is what was read of it (or _NONE)."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+
+_NONE = object()
+_WS = " \t\n\r"
+_LITERALS = {"true": True, "false": False, "null": None}
+_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+
+
+class JsonScan:
+    """Reads one JSON value from text that may stop anywhere inside it.
+
+    `spans[path]` is where each object member's value starts and ends (end None when
+    the text stops inside it); a path is a tuple of keys and array indexes.
+    """
+
+    def __init__(self, text):
+        self.s = text
+        self.spans = {}
+
+    def value_at(self, i, path=()):
+        """(value, end). Raises _Cut when the text stops inside, ValueError when it
+        is not JSON."""
+        s = self.s
+        i = self._ws(i)
+        if i >= len(s):
+            raise _Cut(_NONE)
+        c = s[i]
+        if c == "{":
+            return self._object(i + 1, path)
+        if c == "[":
+            return self._array(i + 1, path)
+        if c == '"':
+            return self._string(i + 1)
+        for word, value in _LITERALS.items():
+            if s.startswith(word, i):
+                return value, i + len(word)
+            if word.startswith(s[i:]):
+                raise _Cut(_NONE)
+        m = _NUMBER.match(s, i)
+        if m and m.end() > i:
+            if m.end() == len(s):
+                raise _Cut(_NONE)       # more digits may follow
+            text = m.group(0)
+            return (float(text) if any(ch in text for ch in ".eE") else int(text)), m.end()
+        if c == "-" and i + 1 == len(s):
+            raise _Cut(_NONE)
+        raise ValueError(f"not JSON at {i}")
+
+    def _ws(self, i):
+        s = self.s
+        while i < len(s) and s[i] in _WS:
+            i += 1
+        return i
+
+    def _string(self, i):
+        s = self.s
+        out = []
+        while True:
+            j = i
+            while j < len(s) and s[j] not in '"\\':
+                j += 1
+            out.append(s[i:j])
+            if j >= len(s):
+                raise _Cut("".join(out))
+            if s[j] == '"':
+                return "".join(out), j + 1
+            if j + 1 >= len(s):
+                raise _Cut("".join(out))
+            esc = s[j + 1]
+            if esc == "u":
+                digits = s[j + 2:j + 6]
+                if len(digits) < 4:
+                    raise _Cut("".join(out))
+                code = int(digits, 16)
+                if 0xD800 <= code < 0xDC00 and s[j + 6:j + 8] == "\\u":
+                    low = s[j + 8:j + 12]
+                    if len(low) < 4:
+                        raise _Cut("".join(out))
+                    code = 0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+                    j += 6
+                out.append(chr(code))
+                i = j + 6
+            else:
+                simple = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
+                          "r": "\r", "t": "\t"}
+                if esc not in simple:
+                    raise ValueError(f"bad escape at {j}")
+                out.append(simple[esc])
+                i = j + 2
+
+    def _object(self, i, path):
+        s = self.s
+        obj = {}
+        i = self._ws(i)
+        if i < len(s) and s[i] == "}":
+            return obj, i + 1
+        while True:
+            i = self._ws(i)
+            if i >= len(s):
+                raise _Cut(obj)
+            if s[i] != '"':
+                raise ValueError(f"expected a key at {i}")
+            try:
+                key, i = self._string(i + 1)
+            except _Cut:
+                raise _Cut(obj) from None
+            i = self._ws(i)
+            if i >= len(s):
+                raise _Cut(obj)
+            if s[i] != ":":
+                raise ValueError(f"expected ':' at {i}")
+            start = self._ws(i + 1)
+            try:
+                value, i = self.value_at(start, path + (key,))
+            except _Cut as cut:
+                self.spans[path + (key,)] = (start, None)
+                if cut.value is not _NONE:
+                    obj[key] = cut.value
+                raise _Cut(obj) from None
+            self.spans[path + (key,)] = (start, i)
+            obj[key] = value
+            i = self._ws(i)
+            if i >= len(s):
+                raise _Cut(obj)
+            if s[i] == "}":
+                return obj, i + 1
+            if s[i] != ",":
+                raise ValueError(f"expected ',' or '}}' at {i}")
+            i += 1
+
+    def _array(self, i, path):
+        s = self.s
+        arr = []
+        i = self._ws(i)
+        if i < len(s) and s[i] == "]":
+            return arr, i + 1
+        while True:
+            try:
+                value, i = self.value_at(i, path + (len(arr),))
+            except _Cut as cut:
+                if cut.value is not _NONE:
+                    arr.append(cut.value)
+                raise _Cut(arr) from None
+            arr.append(value)
+            i = self._ws(i)
+            if i >= len(s):
+                raise _Cut(arr)
+            if s[i] == "]":
+                return arr, i + 1
+            if s[i] != ",":
+                raise ValueError(f"expected ',' or ']' at {i}")
+            i += 1
+
+    def raw(self, path):
+        """The text of the member at `path` as written so far, or None."""
+        span = self.spans.get(path)
+        if span is None:
+            return None
+        start, end = span
+        return self.s[start:] if end is None else self.s[start:end]
+
+
+def scan_json(text, start=0):
+    """(value, end, complete, scan) for the JSON value at text[start:]; a value cut
+    short comes back as far as it goes with complete False. ValueError when the text
+    is not (a prefix of) JSON."""
+    scan = JsonScan(text)
+    try:
+        value, end = scan.value_at(start)
+        return value, end, True, scan
+    except _Cut as cut:
+        return (None if cut.value is _NONE else cut.value), len(text), False, scan
+
+
+def _held_back(text, marks):
+    """How many characters at the end of `text` could be the start of a marker."""
+    best = 0
+    for m in marks:
+        for n in range(min(len(m) - 1, len(text)), 0, -1):
+            if text.endswith(m[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+def _call_from(scan, obj, path, complete, args_keys=("arguments", "parameters"),
+               wait_for_id=False):
+    """A ToolCall from a parsed call object, or None while its name (or, with
+    `wait_for_id`, its id, which Mistral writes last) is still unknown."""
+    if not isinstance(obj, dict):
+        return None
+    id_span = scan.spans.get(path + ("id",))
+    if wait_for_id and not complete and (id_span is None or id_span[1] is None):
+        return None
+    name_span = scan.spans.get(path + ("name",))
+    if not isinstance(obj.get("name"), str) or name_span is None or name_span[1] is None:
+        return None
+    arguments = ""
+    for key in args_keys:
+        raw = scan.raw(path + (key,))
+        if raw is not None:
+            arguments = raw
+            break
+    if complete and not arguments:
+        arguments = "{}"
+    call_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
+    if call_id and (id_span is None or id_span[1] is None):
+        call_id = ""        # still being written
+    return ToolCall(obj["name"], arguments, call_id)
+
+
+# ---------------------------------------------------------------- the parser
+
+class OutputParser:
+    """Parses a reply of one format into a Message.
+
+    `fmt`: one of FORMATS ("content": no tool calls are read).
+    `reasoning_format`: "none" leaves <think> blocks in the content.
+    `thinking_forced_open`: the prompt ended inside <think>, so the reply starts
+    with reasoning.
+    """
+
+    def __init__(self, fmt="content", reasoning_format="deepseek", thinking_forced_open=False):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown tool-call format {fmt!r}")
+        self.fmt = fmt
+        self.reasoning = reasoning_format != "none"
+        self.forced_open = thinking_forced_open and self.reasoning
+
+    def parse(self, text, partial=False):
+        msg = Message()
+        rest = self._reasoning(text, partial, msg)
+        if rest is None:
+            return msg
+        getattr(self, "_parse_" + self.fmt)(rest, partial, msg)
+        return msg
+
+    # ---- reasoning ----
+
+    def _reasoning(self, text, partial, msg):
+        """Move the <think> block into msg.reasoning_content; the rest of the text, or
+        None when everything so far is (or may be) reasoning."""
+        if not self.reasoning:
+            return text
+        if not self.forced_open:
+            stripped = text.lstrip()
+            if partial and stripped and THINK_OPEN.startswith(stripped):
+                return None     # may still become <think>
+            if not stripped.startswith(THINK_OPEN):
+                return text
+            text = stripped[len(THINK_OPEN):]
+        end = text.find(THINK_CLOSE)
+        if end < 0:
+            thought = text
+            if partial:
+                thought = thought[:len(thought) - _held_back(thought, [THINK_CLOSE])].rstrip()
+            msg.reasoning_content = thought.strip()
+            return None
+        msg.reasoning_content = text[:end].strip()
+        return text[end + len(THINK_CLOSE):].lstrip()
+
+    # ---- formats ----
+
+    @staticmethod
+    def _content(msg, text, partial, marks=()):
+        if partial:
+            text = text[:len(text) - _held_back(text, marks)].rstrip()
+        msg.content += text
+
+    def _parse_content(self, text, partial, msg):
+        self._content(msg, text, partial)
+
+    def _parse_hermes(self, text, partial, msg):
+        pos = 0
+        while True:
+            start = text.find(HERMES_OPEN, pos)
+            if start < 0:
+                tail = text[pos:]
+                if msg.tool_calls and not partial:
+                    tail = tail.strip()
+                self._content(msg, tail, partial, [HERMES_OPEN])
+                return
+            before = text[pos:start]
+            self._content(msg, before.rstrip() if not msg.tool_calls else before.strip(), False)
+            body = start + len(HERMES_OPEN)
+            try:
+                obj, end, complete, scan = scan_json(text, body)
+            except ValueError:
+                # Not a JSON call after all: the marker and what follows are content.
+                self._content(msg, text[start:], partial, [])
+                return
+            call = _call_from(scan, obj, (), complete)
+            if call is not None:
+                msg.tool_calls.append(call)
+            if not complete:
+                return
+            close = text.find(HERMES_CLOSE, end)
+            if close < 0:
+                return      # the closing tag is optional at the very end
+            pos = close + len(HERMES_CLOSE)
+
+    def _parse_llama3(self, text, partial, msg):
+        tag = text.find(PYTHON_TAG)
+        if tag >= 0:
+            self._content(msg, text[:tag].rstrip(), False)
+            body = text[tag + len(PYTHON_TAG):].lstrip()
+            if body.startswith("{"):
+                self._json_calls(body, partial, msg, allow_content=False)
+            elif not partial:
+                call = _python_call(body)
+                if call is not None:
+                    msg.tool_calls.append(call)
+                else:
+                    msg.content += body
+            return
+        if text.lstrip().startswith("{"):
+            self._json_calls(text.lstrip(), partial, msg, allow_content=True)
+            return
+        self._content(msg, text, partial, [PYTHON_TAG])
+
+    def _json_calls(self, text, partial, msg, allow_content):
+        """Llama 3.x's bare JSON call: {"name": .., "parameters": ..}."""
+        try:
+            obj, end, complete, scan = scan_json(text)
+        except ValueError:
+            obj, complete = None, True
+        looks_like_call = isinstance(obj, dict) and (
+            "name" in obj or "parameters" in obj or obj.get("type") == "function"
+            or (not complete and len(obj) == 0))
+        if looks_like_call and (partial or complete and text[end:].strip() in ("", ";")):
+            call = _call_from(scan, obj, (), complete)
+            if call is not None and (partial or "parameters" in obj or "arguments" in obj):
+                msg.tool_calls.append(call)
+                return
+            if partial and not complete:
+                return      # undecided yet: hold it back
+        if allow_content:
+            self._content(msg, text, partial, [PYTHON_TAG])
+
+    def _parse_mistral_nemo(self, text, partial, msg):
+        start = text.find(MISTRAL_CALLS)
+        if start < 0:
+            self._content(msg, text, partial, [MISTRAL_CALLS])
+            return
+        self._content(msg, text[:start].rstrip(), False)
+        try:
+            arr, _end, complete, scan = scan_json(text, start + len(MISTRAL_CALLS))
+        except ValueError:
+            msg.content += text[start:]
+            return
+        if isinstance(arr, dict):
+            arr = [arr]
+            scan.spans = {(0,) + k: v for k, v in scan.spans.items()}
+        for i, obj in enumerate(arr if isinstance(arr, list) else []):
+            call = _call_from(scan, obj, (i,), complete or i < len(arr) - 1,
+                              wait_for_id=True)
+            if call is not None:
+                msg.tool_calls.append(call)
+
+    def _parse_generic(self, text, partial, msg):
+        try:
+            obj, end, complete, scan = scan_json(text.lstrip())
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            if not partial or obj is None and text.strip() and not text.lstrip().startswith("{"):
+                self._content(msg, text, partial)
+            return
+        if "response" in obj:
+            response = obj["response"]
+            if isinstance(response, str):
+                msg.content += response
+            elif complete:
+                msg.content += json.dumps(response, ensure_ascii=False)
+        if isinstance(obj.get("tool_call"), dict):
+            call = _call_from(scan, obj["tool_call"], ("tool_call",), complete)
+            if call is not None:
+                msg.tool_calls.append(call)
+        if isinstance(obj.get("tool_calls"), list):
+            calls = obj["tool_calls"]
+            for i, item in enumerate(calls):
+                call = _call_from(scan, item, ("tool_calls", i), complete or i < len(calls) - 1)
+                if call is not None:
+                    call.id = ""    # ours to give: the shape has none, so streams agree
+                    msg.tool_calls.append(call)
+        if complete and not msg.tool_calls and "response" not in obj:
+            msg.content = text      # JSON, but not ours: the model's words as they are
+
+
+_PY_CALL = re.compile(r"^\s*([A-Za-z_][\w.]*?)\.call\((.*)\)\s*$", re.S)
+_PY_ARG = re.compile(r"\s*([A-Za-z_]\w*)\s*=\s*")
+
+
+def _python_call(text):
+    """<|python_tag|>name.call(key="value", ...) to a ToolCall (Llama 3.1's builtin tools)."""
+    m = _PY_CALL.match(text)
+    if not m:
+        return None
+    name, inner = m.group(1), m.group(2)
+    args = {}
+    i = 0
+    while i < len(inner):
+        km = _PY_ARG.match(inner, i)
+        if not km:
+            return None
+        i = km.end()
+        try:
+            value, i, complete, _ = scan_json(inner, i)
+        except ValueError:
+            return None
+        if not complete:
+            return None
+        args[km.group(1)] = value
+        while i < len(inner) and inner[i] in " ,":
+            i += 1
+    return ToolCall(name, json.dumps(args, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------- streaming
+
+class StreamParser:
+    """Feeds a reply piece by piece; each step returns the deltas since the last:
+    dicts with "reasoning_content", "content", or "tool_call" ({index, id, name,
+    arguments}; id and name only in a call's first delta)."""
+
+    def __init__(self, parser):
+        self.parser = parser
+        self.text = ""
+        self.message = Message()
+        self.ids = []
+
+    def feed(self, piece):
+        self.text += piece
+        return self._update(self.parser.parse(self.text, partial=True))
+
+    def finish(self):
+        return self._update(self.parser.parse(self.text, partial=False))
+
+    def parse_all(self, text):
+        """The message of a whole reply at once."""
+        self.text = text
+        self.finish()
+        return self.message
+
+    def _update(self, new):
+        for i, call in enumerate(new.tool_calls):
+            if i >= len(self.ids):
+                self.ids.append(call.id or new_call_id(self.parser.fmt))
+            call.id = self.ids[i]
+        deltas = []
+        old = self.message
+        add = _grown(old.reasoning_content, new.reasoning_content)
+        if add:
+            deltas.append({"reasoning_content": add})
+        add = _grown(old.content, new.content)
+        if add:
+            deltas.append({"content": add})
+        for i, call in enumerate(new.tool_calls):
+            if i < len(old.tool_calls):
+                add = _grown(old.tool_calls[i].arguments, call.arguments)
+                if add:
+                    deltas.append({"tool_call": {"index": i, "arguments": add}})
+            else:
+                deltas.append({"tool_call": {"index": i, "id": call.id, "name": call.name,
+                                             "arguments": call.arguments}})
+        # What was sent stays sent: keep the old texts where the new ones did not grow.
+        merged = Message(new.content if new.content.startswith(old.content) else old.content,
+                         new.reasoning_content
+                         if new.reasoning_content.startswith(old.reasoning_content)
+                         else old.reasoning_content)
+        for i, call in enumerate(new.tool_calls):
+            if i < len(old.tool_calls) and not call.arguments.startswith(
+                    old.tool_calls[i].arguments):
+                call = old.tool_calls[i]
+            merged.tool_calls.append(call)
+        merged.tool_calls += old.tool_calls[len(new.tool_calls):]
+        self.message = merged
+        return deltas
+
+
+def _grown(old, new):
+    """What `new` adds to `old`, when it extends it."""
+    return new[len(old):] if len(new) > len(old) and new.startswith(old) else ""
+
+
+def parse_reply(text, fmt="content", reasoning_format="deepseek", thinking_forced_open=False):
+    """The message of a complete reply, with ids for its tool calls."""
+    return StreamParser(OutputParser(fmt, reasoning_format, thinking_forced_open)).parse_all(text)
+
+
+# ---------------------------------------------------------------- prompts and schemas
+
+def tool_function(tool):
+    """The function object of an OpenAI tool ({"type": "function", "function": {..}})."""
+    return tool.get("function", tool) if isinstance(tool, dict) else {}
+
+
+def generic_system_prompt(tools, parallel):
+    """What a template without tool support is told: the tools and the JSON reply."""
+    listing = json.dumps([tool_function(t) for t in tools], indent=2, ensure_ascii=False)
+    if parallel:
+        example = ('{"tool_calls": [{"name": "tool_name", "arguments": {"arg1": "value"}}]}')
+    else:
+        example = '{"tool_call": {"name": "tool_name", "arguments": {"arg1": "value"}}}'
+    return ("You can call any of the following tools to satisfy the user's requests:\n"
+            f"{listing}\n\n"
+            "Respond in JSON format, either with `tool_call"
+            f"{'s' if parallel else ''}` (a request to call tools) or with `response` "
+            "(your reply to the user's request). A tool call looks like this:\n"
+            f"{example}\nA reply looks like this:\n"
+            '{"response": "Your reply to the user."}')
+
+
+def _call_object(tool, args_key="arguments", with_id=False):
+    fn = tool_function(tool)
+    params = fn.get("parameters")
+    if not isinstance(params, dict) or not params:
+        params = {"type": "object"}
+    props = {"name": {"const": fn.get("name", "")}, args_key: params}
+    required = ["name", args_key]
+    if with_id:
+        props["id"] = {"type": "string", "minLength": 9, "maxLength": 9}
+        required.append("id")
+    return {"type": "object", "properties": props, "required": required}
+
+
+def _any_of(schemas):
+    return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+
+
+def constrained_reply(fmt, tools, parallel, allow_content):
+    """How a reply that must call a tool (or, for the generic format, any reply) is
+    constrained: a list of ("text", literal) and ("json", schema) parts, in order.
+    None when the format leaves free text alone."""
+    if fmt == "generic":
+        call = _any_of([_call_object(t) for t in tools])
+        if parallel:
+            calls = {"type": "object", "properties": {"tool_calls": {
+                "type": "array", "items": call, "minItems": 1}}, "required": ["tool_calls"]}
+        else:
+            calls = {"type": "object", "properties": {"tool_call": call},
+                     "required": ["tool_call"]}
+        if allow_content:
+            response = {"type": "object", "properties": {"response": {"type": "string"}},
+                        "required": ["response"]}
+            return [("json", {"anyOf": [calls, response]})]
+        return [("json", calls)]
+    if allow_content:
+        return None
+    if fmt == "hermes":
+        return [("text", HERMES_OPEN + "\n"), ("json", _any_of([_call_object(t) for t in tools])),
+                ("text", "\n" + HERMES_CLOSE)]
+    if fmt == "llama3":
+        return [("json", _any_of([_call_object(t, "parameters") for t in tools]))]
+    if fmt == "mistral_nemo":
+        item = _any_of([_call_object(t, with_id=True) for t in tools])
+        array = {"type": "array", "items": item, "minItems": 1}
+        if not parallel:
+            array["maxItems"] = 1
+        return [("text", MISTRAL_CALLS), ("json", array)]
+    return None

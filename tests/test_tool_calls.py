@@ -1,0 +1,215 @@
+"""Tool-call and reasoning parsers (runtime/tool_calls.py) on fixed model outputs: the
+texts of llama.cpp's tests/test-chat.cpp for each family, whole and streamed in every
+split, and the real chat templates recognised and rendered with tools."""
+
+import json
+import os
+import random
+
+import pytest
+
+from runtime import tool_calls as tc
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                         "shared", "testdata", "templates")
+
+ASSIST = "Hello, world!\nWhat's up?"
+THOUGHTS = "I'm\nthinking"
+CALL = ("special_function", '{"arg1": 1}')
+
+# (format, options, model output, content, reasoning, [(name, arguments, id or None)])
+CASES = [
+    ("hermes", {}, '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}'
+                   '</tool_call>', "", "", [CALL]),
+    ("hermes", {}, ASSIST + '<tool_call>\n{"name": "special_function", "arguments": '
+                            '{"arg1": 1}}</tool_call>', ASSIST, "", [CALL]),
+    ("hermes", {}, '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n'
+                   '</tool_call>', "", "", [CALL]),
+    ("hermes", {}, ASSIST + '\n<tool_call>\n{"name": "special_function", "arguments": '
+                            '{"arg1": 1}}\n</tool_call>', ASSIST, "", [CALL]),
+    ("hermes", {}, '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n'
+                   '</tool_call>\n<tool_call>\n{"name": "special_function_with_opt", '
+                   '"arguments": {"arg1": 1, "arg2": 2}}\n</tool_call>', "", "",
+     [CALL, ("special_function_with_opt", '{"arg1": 1, "arg2": 2}')]),
+    ("hermes", {"thinking_forced_open": True},
+     "I'm\nthinking\n</think>\n\n<tool_call>\n{\"name\": \"special_function\", "
+     "\"arguments\": {\"arg1\": 1}}\n</tool_call>", "", THOUGHTS, [CALL]),
+    ("hermes", {}, "<think>I'm\nthinking</think>" + ASSIST, ASSIST, THOUGHTS, []),
+    ("hermes", {}, ASSIST, ASSIST, "", []),
+    ("llama3", {}, '{"name": "special_function", "parameters": {"arg1": 1}}', "", "", [CALL]),
+    ("llama3", {}, "<|python_tag|>python.call(code=\"print('hey')\")", "", "",
+     [("python", '{"code": "print(\'hey\')"}')]),
+    ("llama3", {}, "<|python_tag|>code_interpreter.call(code=\"print('hey')\")", "", "",
+     [("code_interpreter", '{"code": "print(\'hey\')"}')]),
+    ("llama3", {}, ASSIST, ASSIST, "", []),
+    ("mistral_nemo", {}, '[TOOL_CALLS][{"name": "special_function", "arguments": {"arg1": 1}, '
+                         '"id": "123456789"}]', "", "", [CALL + ("123456789",)]),
+    ("mistral_nemo", {}, ASSIST, ASSIST, "", []),
+    ("generic", {}, '{"tool_call": {"name": "special_function", "arguments": {"arg1": 1}}}',
+     "", "", [CALL]),
+    ("generic", {}, '{"tool_calls": [{"name": "special_function", "arguments": {"arg1": 1}}, '
+                    '{"name": "f2", "arguments": {}}]}', "", "", [CALL, ("f2", "{}")]),
+    ("generic", {}, json.dumps({"response": ASSIST}), ASSIST, "", []),
+    ("content", {"thinking_forced_open": True}, "</think>" + ASSIST, ASSIST, "", []),
+    ("content", {"thinking_forced_open": True}, "I'm\nthinking</think>" + ASSIST, ASSIST,
+     THOUGHTS, []),
+    ("content", {"reasoning_format": "none"}, "<think>I'm\nthinking</think>" + ASSIST,
+     "<think>I'm\nthinking</think>" + ASSIST, "", []),
+]
+
+
+def check(message, content, reasoning, calls):
+    assert message.content == content
+    assert message.reasoning_content == reasoning
+    assert [(c.name, c.arguments) for c in message.tool_calls] == [c[:2] for c in calls]
+    for call, want in zip(message.tool_calls, calls):
+        if len(want) > 2:
+            assert call.id == want[2]
+        else:
+            assert call.id      # one is made up when the model gives none
+
+
+@pytest.mark.parametrize("fmt,options,text,content,reasoning,calls", CASES)
+def test_whole_reply(fmt, options, text, content, reasoning, calls):
+    check(tc.parse_reply(text, fmt, **options), content, reasoning, calls)
+
+
+def replay(fmt, options, chunks):
+    """Stream the chunks; the message rebuilt from the deltas."""
+    stream = tc.StreamParser(tc.OutputParser(fmt, **options))
+    deltas = []
+    for chunk in chunks:
+        deltas += stream.feed(chunk)
+    deltas += stream.finish()
+    msg = tc.Message()
+    for d in deltas:
+        msg.content += d.get("content", "")
+        msg.reasoning_content += d.get("reasoning_content", "")
+        if "tool_call" in d:
+            call = d["tool_call"]
+            if "name" in call:
+                assert call["index"] == len(msg.tool_calls) and call["id"]
+                msg.tool_calls.append(tc.ToolCall(call["name"], "", call["id"]))
+            msg.tool_calls[call["index"]].arguments += call["arguments"]
+    return msg, deltas, stream.message
+
+
+@pytest.mark.parametrize("fmt,options,text,content,reasoning,calls", CASES)
+def test_streamed_every_split(fmt, options, text, content, reasoning, calls):
+    """Two chunks split at every position, then one character at a time, then random
+    chunkings: the deltas add up to the same message, and no content delta carries a
+    piece of a marker."""
+    splits = [[text[:i], text[i:]] for i in range(len(text) + 1)] + [list(text)]
+    rng = random.Random(len(text))
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(text)), min(5, len(text) - 1)))
+        splits.append([text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])])
+    for chunks in splits:
+        rebuilt, deltas, final = replay(fmt, options, chunks)
+        check(rebuilt, content, reasoning, calls)
+        assert [c.id for c in rebuilt.tool_calls] == [c.id for c in final.tool_calls]
+        if options.get("reasoning_format") != "none":
+            for d in deltas:
+                for marker in tc.markers(fmt):
+                    assert marker not in d.get("content", ""), (chunks, d)
+
+
+def test_partial_arguments_stream_as_written():
+    parser = tc.OutputParser("hermes")
+    msg = parser.parse('<tool_call>\n{"name": "special_function", "arguments": {"arg',
+                       partial=True)
+    assert [(c.name, c.arguments) for c in msg.tool_calls] == [("special_function", '{"arg')]
+    # The name is not announced before its closing quote.
+    assert parser.parse('<tool_call>\n{"name": "special_fun', partial=True).tool_calls == []
+    # A marker cut short is held back, not shown as content.
+    assert parser.parse("Hello <tool_c", partial=True).content == "Hello"
+
+
+def test_json_that_is_not_a_call_stays_content():
+    text = '{"answer": 42}'
+    assert tc.parse_reply(text, "llama3").content == text
+    assert tc.parse_reply(text, "generic").content == text
+
+
+def test_scan_json_prefixes():
+    value, end, complete, scan = tc.scan_json('{"a": [1, "x\\u00e9"], "b": {"c": tru')
+    assert not complete and value == {"a": [1, "xé"], "b": {}}
+    assert scan.raw(("b",)) == '{"c": tru'
+    value, end, complete, _ = tc.scan_json('{"a": 1} tail')
+    assert complete and value == {"a": 1} and end == 8
+    with pytest.raises(ValueError):
+        tc.scan_json('{"a" 1}')
+
+
+def template(name):
+    path = os.path.join(TEMPLATES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not here (../shared/testdata)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name,fmt,thinks", [
+    ("Qwen-Qwen2.5-7B-Instruct.jinja", "hermes", False),
+    ("Qwen-Qwen3-0.6B.jinja", "hermes", True),
+    ("meta-llama-Llama-3.1-8B-Instruct.jinja", "llama3", False),
+    ("meta-llama-Llama-3.2-3B-Instruct.jinja", "llama3", False),
+    ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral_nemo", False),
+    ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", "generic", True),
+    ("google-gemma-2-2b-it.jinja", "generic", False),
+    ("microsoft-Phi-3.5-mini-instruct.jinja", "generic", False),
+])
+def test_family_from_template(name, fmt, thinks):
+    source = template(name)
+    assert tc.detect_format(source) == fmt
+    assert tc.template_thinks(source) == thinks
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+@pytest.mark.parametrize("name", ["Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen-Qwen3-0.6B.jinja",
+                                  "meta-llama-Llama-3.1-8B-Instruct.jinja",
+                                  "mistralai-Mistral-Nemo-Instruct-2407.jinja"])
+def test_templates_render_tools_calls_and_results(name):
+    """The tools, an earlier call and its result all reach the prompt text."""
+    from runtime.chat import ChatTemplate
+    tmpl = ChatTemplate(template(name), bos_token="<s>", eos_token="</s>")
+    call_id = tc.new_call_id(tc.detect_format(tmpl.source))
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_call_id": call_id, "name": "get_weather",
+         "content": "Sunny, 25 C"},
+    ]
+    text = tmpl.render(messages, True, {"tools": [WEATHER]})
+    assert "Get the weather" in text
+    assert '"Paris"' in text
+    assert "Sunny, 25 C" in text
+
+
+def test_constrained_shapes():
+    parts = tc.constrained_reply("hermes", [WEATHER], False, allow_content=False)
+    assert parts[0] == ("text", "<tool_call>\n") and parts[-1] == ("text", "\n</tool_call>")
+    assert parts[1][1]["properties"]["name"] == {"const": "get_weather"}
+    assert tc.constrained_reply("hermes", [WEATHER], False, allow_content=True) is None
+    generic = tc.constrained_reply("generic", [WEATHER], True, allow_content=True)
+    assert len(generic) == 1 and len(generic[0][1]["anyOf"]) == 2
+
+
+@pytest.mark.parametrize("name,calls", [
+    ("Qwen-Qwen2.5-7B-Instruct.jinja", True), ("meta-llama-Llama-3.1-8B-Instruct.jinja", True),
+    ("mistralai-Mistral-Nemo-Instruct-2407.jinja", True), ("google-gemma-2-2b-it.jinja", False)])
+def test_template_caps(name, calls):
+    """Which templates render tool calls and results themselves (the others get them
+    written into the conversation as JSON)."""
+    from runtime.chat import ChatTemplate
+    from runtime.server.chat import TemplateCaps
+    caps = TemplateCaps(ChatTemplate(template(name), bos_token="<s>", eos_token="</s>"))
+    assert caps.tool_calls == calls and caps.tool_responses == calls
+    assert caps.tools == calls
