@@ -1,16 +1,23 @@
 """The API: each endpoint reads its request (through params), runs it on the engine,
 and answers in the shape its clients expect: OpenAI's chat and completion objects and
-stream chunks, llama.cpp's /completion, /tokenize, /props, /slots.
+stream chunks, llama.cpp's /completion, /infill, /tokenize, /apply-template, /props,
+/slots.
 
 Every endpoint is `name(app, http)`: `app` is the server's state (App), `http` the
 connection (read_json, send_json, send_text, start_events, send_event, client_gone).
+
+A request may hold several prompts (an array of prompts) and ask for several choices
+(`n`): each pair is one generation, run one after the other on a slot, answered in
+one reply (or one stream whose chunks carry their `index`).
 """
 
 import time
 import uuid
 
-from runtime.server import params
+from runtime.server import params, slots_io
 from runtime.server.errors import ApiError, ClientGone
+
+FINGERPRINT = "b-llamazip"      # llama-server's fingerprints are its build, "b" + number
 
 
 def health(app, http):
@@ -20,10 +27,13 @@ def health(app, http):
 
 def models(app, http):
     app.ready()
-    http.send_json(200, {"object": "list", "data": [
-        {"id": app.model_name, "object": "model", "created": app.created,
-         "owned_by": "llamazip", "meta": {"n_ctx": app.engine.n_ctx,
-                                          "n_vocab": app.engine.tokenizer.n_vocab}}]})
+    model = {"id": app.model_name, "object": "model", "created": app.created,
+             "owned_by": "llamazip", "aliases": app.aliases, "tags": app.tags,
+             "meta": {"n_ctx": app.engine.n_ctx, "n_ctx_train": app.engine.model.config.n_ctx_train,
+                      "n_vocab": app.engine.tokenizer.n_vocab}}
+    http.send_json(200, {"object": "list", "data": [model],
+                         "models": [{"name": app.model_name, "model": app.model_name,
+                                     "type": "model", "tags": app.tags}]})
 
 
 def metrics(app, http):
@@ -43,11 +53,31 @@ def slots(app, http):
     http.send_json(200, [s.describe() for s in engine.slots])
 
 
+def slot_action(app, http):
+    """POST /slots/ID?action=save|restore|erase."""
+    slots_io.slot_action(app, http)
+
+
 def props(app, http):
     engine = app.ready()
-    http.send_json(200, {"model": app.model_name, "n_ctx": engine.n_ctx,
-                         "total_slots": len(engine.slots),
-                         "chat_template": getattr(app.chat_format, "source", "")})
+    tok = engine.tokenizer
+    http.send_json(200, {
+        "default_generation_settings": {
+            "id": 0, "id_task": -1, "n_ctx": engine.n_ctx, "speculative": False,
+            "is_processing": False,
+            "params": generation_settings(app, app.defaults, app.n_predict, [], False, None)},
+        "total_slots": len(engine.slots), "model_alias": app.model_name,
+        "model_path": app.model_path, "model": app.model_name, "n_ctx": engine.n_ctx,
+        "modalities": {"vision": False, "audio": False},
+        "chat_template": getattr(app.chat_format, "source", ""),
+        "bos_token": _token_text(tok, tok.bos_id), "eos_token": _token_text(tok, tok.eos_id),
+        "build_info": FINGERPRINT, "is_sleeping": False})
+
+
+def _token_text(tok, token_id):
+    if token_id is None:
+        return ""
+    return tok.token_to_piece(token_id).decode("utf-8", "replace")
 
 
 def tokenize(app, http):
@@ -57,9 +87,10 @@ def tokenize(app, http):
     if content is None:
         raise ApiError(400, "'content' (a string) is required", param="content")
     add_special = params.field(body, "add_special", bool, False)
+    parse_special = params.field(body, "parse_special", bool, True)
     with_pieces = params.field(body, "with_pieces", bool, False)
     tok = engine.tokenizer
-    ids = tok.encode(content, add_special=add_special, parse_special=True)
+    ids = tok.encode(content, add_special=add_special, parse_special=parse_special)
     if with_pieces:
         out = []
         for i in ids:
@@ -80,11 +111,94 @@ def detokenize(app, http):
     http.send_json(200, {"content": engine.tokenizer.decode(ids)})
 
 
-def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece):
-    """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces.
-    Returns (slot session, text, slot)."""
+def apply_template(app, http):
+    """llama-server's /apply-template: the chat prompt text, nothing generated."""
+    app.ready()
+    body = http.read_json()
+    if app.chat_format is None:
+        raise ApiError(500, f"chat is unavailable: {app.chat_error}")
+    tools = params.field(body, "tools", list, None)
+    prompt = params.ChatPrompt(app, body, tools).text(app.chat_format)
+    http.send_json(200, {"prompt": prompt})
+
+
+def input_tokens(app, http):
+    """How many prompt tokens a chat request would take."""
+    app.ready()
+    body = http.read_json()
+    ids, _ = params.chat_tokens(app, body)
+    http.send_json(200, {"input_tokens": len(ids)})
+
+
+# ---------------------------------------------------------------- generation
+
+class Request:
+    """The generation fields of a request, checked once for all its prompts."""
+
+    def __init__(self, app, body, openai):
+        engine = app.engine
+        self.body = body
+        self.openai = openai
+        self.sampling = params.sampling(app.defaults, body, openai=openai)
+        self.stops = params.stops(body)
+        self.stream = params.field(body, "stream", bool, False)
+        self.cache_prompt = params.field(body, "cache_prompt", bool, True)
+        self.id_slot = params.field(body, "id_slot", int, -1, -1, 1 << 20)
+        self.return_tokens = params.field(body, "return_tokens", bool, False)
+        self.timings_per_token = params.field(body, "timings_per_token", bool, False)
+        self.verbose = params.field(body, "verbose", bool, False) or app.verbose
+        self.response_fields = params.field(body, "response_fields", list, [])
+        if not all(isinstance(f, str) for f in self.response_fields):
+            raise ApiError(400, "'response_fields' must be an array of strings",
+                           param="response_fields")
+        self.ignore_eos = params.field(body, "ignore_eos", bool, False)
+        self.constraint_body = body
+        self.tokenizer = engine.tokenizer
+        params.constraint(engine.tokenizer, body)       # checked now, built per generation
+
+    def constraint(self):
+        """A fresh constraint for one generation (they hold state), or None."""
+        c = params.constraint(self.tokenizer, self.body)
+        if self.body.get("json_schema") is not None and not self.openai:
+            c = params.constraint(self.tokenizer, {"response_format": {
+                "type": "json_schema", "json_schema": {"schema": self.body["json_schema"]}}})
+        if self.ignore_eos and c is None:
+            c = params.IgnoreEos(self.tokenizer.eog_ids)
+        return c
+
+
+class Outcome:
+    """One finished generation, copied out of the slot's session."""
+
+    def __init__(self, session, slot, prompt_tokens, text, n_predict, stops, eog):
+        self.text = text
+        self.tokens = list(session.generated)
+        self.finish_reason = session.finish_reason
+        self.timings = timings(session)
+        self.n_prompt = len(prompt_tokens)
+        self.n_cached = len(session.tokens)
+        self.slot_id = slot.id
+        self.n_predict = n_predict
+        self.truncated = False
+        self.stop_type = "limit"
+        self.stopping_word = ""
+        if self.finish_reason == "stop":
+            if self.tokens and session.last_token_eog:
+                self.stop_type = "eos"
+            elif session.stop_word is not None:
+                self.stop_type, self.stopping_word = "word", session.stop_word
+            else:
+                self.stop_type = "eos"
+        elif len(self.tokens) < n_predict:
+            self.truncated = True           # the slot's context ran out first
+
+
+def generate(app, http, req, prompt_tokens, n_predict, on_piece):
+    """Run one generation on a slot; `on_piece(text, new_token_ids, slot)` gets the
+    pieces. Returns its Outcome."""
     engine = app.engine
-    slot = engine.acquire(prompt_tokens, http.client_gone)
+    slot = engine.acquire(prompt_tokens, http.client_gone,
+                          None if req.id_slot < 0 else req.id_slot)
     session = slot.session
     gone = []
 
@@ -96,16 +210,20 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
             return True
         return False
 
+    if not req.cache_prompt:
+        session.reset()         # the whole prompt is computed afresh
     pieces = []
     sent = 0
     try:
-        for piece in session.generate(prompt_tokens, sampling, n_predict, stops, should_stop,
-                                      constraint):
+        for piece in session.generate(prompt_tokens, req.sampling, n_predict, req.stops,
+                                      should_stop, req.constraint()):
             slot.state = "generating"
             pieces.append(piece)
             ids = session.generated[sent:]
             sent = len(session.generated)
-            on_piece(piece, ids)
+            on_piece(piece, ids, slot)
+        outcome = Outcome(session, slot, prompt_tokens, "".join(pieces), n_predict, req.stops,
+                          engine.tokenizer.eog_ids)
     except ClientGone:
         gone.append(True)
     finally:
@@ -115,7 +233,7 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
         engine.release(slot)
     if gone:
         raise ClientGone()
-    return session, "".join(pieces), slot
+    return outcome
 
 
 def timings(session):
@@ -124,21 +242,71 @@ def timings(session):
     n_gen = len(session.generated)
     pms = t.prompt_seconds * 1000
     gms = t.generate_seconds * 1000
-    return {"prompt_n": t.prompt_tokens, "prompt_ms": round(pms, 3),
+    return {"cache_n": t.reused_tokens, "prompt_n": t.prompt_tokens, "prompt_ms": round(pms, 3),
             "prompt_per_token_ms": round(pms / t.prompt_tokens, 3) if t.prompt_tokens else 0,
             "prompt_per_second": round(t.prompt_per_second, 3),
             "predicted_n": n_gen, "predicted_ms": round(gms, 3),
             "predicted_per_token_ms": round(gms / n_gen, 3) if n_gen else 0,
             "predicted_per_second": round(n_gen / t.generate_seconds, 3)
-            if t.generate_seconds and n_gen else 0.0,
-            "cache_n": t.reused_tokens}
+            if t.generate_seconds and n_gen else 0.0}
 
 
-def usage(prompt_tokens, session):
-    """OpenAI's usage object."""
-    n = len(session.generated)
-    return {"prompt_tokens": len(prompt_tokens), "completion_tokens": n,
-            "total_tokens": len(prompt_tokens) + n}
+def generation_settings(app, sampling, n_predict, stops, stream, req):
+    """llama.cpp's generation_settings: the parameters a generation ran with."""
+    s = sampling
+    eog = sorted(app.engine.tokenizer.eog_ids) if req is not None and req.ignore_eos else []
+    return {"n_predict": n_predict, "seed": s.seed if s.seed is not None else -1,
+            "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
+            "repeat_last_n": s.repeat_last_n, "repeat_penalty": s.repeat_penalty,
+            "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+            "stop": list(stops), "stream": stream,
+            "cache_prompt": req.cache_prompt if req is not None else True,
+            "ignore_eos": bool(req is not None and req.ignore_eos),
+            # ignore_eos works as llama.cpp's: end-of-generation tokens biased to -inf (null)
+            "logit_bias": [{"token": t, "bias": None} for t in eog],
+            "id_slot": req.id_slot if req is not None else -1,
+            "samplers": ["penalties", "top_k", "top_p", "min_p", "temperature"]}
+
+
+def usage(outcomes):
+    """OpenAI's usage object over a request's generations."""
+    prompt = sum(o.n_prompt for o in _first_per_prompt(outcomes))
+    completion = sum(len(o.tokens) for o in outcomes)
+    cached = sum(o.timings["cache_n"] for o in outcomes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _first_per_prompt(outcomes):
+    seen, out = set(), []
+    for o in outcomes:
+        if o.prompt_index not in seen:
+            seen.add(o.prompt_index)
+            out.append(o)
+    return out
+
+
+def finish_reason(outcome):
+    return "stop" if outcome.finish_reason == "stop" else "length"
+
+
+def run_all(app, http, req, prompts, n_choices, names, on_piece):
+    """Every (prompt, choice) generation in order; `on_piece(index, piece, ids, slot)`.
+    Budgets are checked for every prompt before anything is generated."""
+    engine = app.engine
+    budgets = [params.budget(engine.n_ctx, req.body, p, names, req.openai, app.n_predict)
+               for p in prompts]
+    outcomes = []
+    for pi, (prompt, n_predict) in enumerate(zip(prompts, budgets)):
+        for ci in range(n_choices):
+            index = pi * n_choices + ci
+            o = generate(app, http, req, prompt, n_predict,
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+            o.index, o.prompt_index = index, pi
+            o.prompt_tokens = prompt
+            outcomes.append(o)
+    return outcomes
 
 
 def chat(app, http):
@@ -155,118 +323,183 @@ def openai_generate(app, http, chat):
     engine = app.ready()
     body = http.read_json()
     params.check_openai(body)
-    stream = params.field(body, "stream", bool, False)
+    req = Request(app, body, openai=True)
+    n_choices = params.field(body, "n", int, 1, 1, params.MAX_CHOICES)
     options = params.field(body, "stream_options", dict, {})
-    include_usage = params.field(options, "include_usage", bool, False)
+    include_usage = params.field(options, "include_usage", bool, True)
     if chat:
-        prompt_tokens = params.chat_tokens(app, body.get("messages"))
+        ids, prompt_text = params.chat_tokens(app, body)
+        prompts = [ids]
     else:
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required", param="prompt")
-        prompt_tokens = params.prompt_tokens(engine.tokenizer, body["prompt"])
-    n_predict = params.budget(engine.n_ctx, body, prompt_tokens,
-                              ("max_completion_tokens", "max_tokens"), openai=True)
-    sampling = params.sampling(app.defaults, body, openai=True)
-    stops = params.stops(body)
-    constraint = params.constraint(engine.tokenizer, body)
+        prompts = params.prompt_list(engine.tokenizer, body["prompt"])
+    names = ("max_completion_tokens", "max_tokens", "n_predict")
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = app.model_name
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text, finish, delta=None):
-        if chat:
-            c = {"index": 0, "logprobs": None, "finish_reason": finish}
-            if delta is not None:
-                c["delta"] = delta
-            else:
-                c["message"] = {"role": "assistant", "content": text}
-            return c
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
     def envelope(choices, **extra):
-        obj = {"id": ident, "object": kind + (".chunk" if stream and chat else ""),
-               "created": created, "model": model, "system_fingerprint": "llamazip",
+        obj = {"id": ident, "object": kind + (".chunk" if req.stream and chat else ""),
+               "created": created, "model": model, "system_fingerprint": FINGERPRINT,
                "choices": choices}
         obj.update(extra)
         return obj
 
-    if not stream:
-        session, text, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                    constraint, lambda piece, ids: None)
-        http.send_json(200, envelope([choice(text, session.finish_reason)],
-                                     usage=usage(prompt_tokens, session),
-                                     timings=timings(session)))
+    def verbose_of(outcomes):
+        o = outcomes[0]
+        return {"prompt": engine.tokenizer.decode(o.prompt_tokens), "content": o.text,
+                "tokens": o.tokens, "generation_settings": generation_settings(
+                    app, req.sampling, o.n_predict, req.stops, req.stream, req)}
+
+    if not req.stream:
+        outcomes = run_all(app, http, req, prompts, n_choices, names,
+                           lambda i, piece, ids, slot: None)
+        choices = []
+        for o in outcomes:
+            if chat:
+                choices.append({"index": o.index, "logprobs": None,
+                                "finish_reason": finish_reason(o),
+                                "message": {"role": "assistant", "content": o.text}})
+            else:
+                choices.append({"index": o.index, "text": o.text, "logprobs": None,
+                                "finish_reason": finish_reason(o)})
+        reply = envelope(choices, usage=usage(outcomes), timings=outcomes[-1].timings)
+        if req.verbose:
+            reply["__verbose"] = verbose_of(outcomes)
+        http.send_json(200, reply)
         return
 
+    # every budget is checked (400 before the stream opens) by a dry run of run_all's check
+    for p in prompts:
+        params.budget(engine.n_ctx, body, p, names, True, app.n_predict)
     http.start_events()
-    if chat:
-        http.send_event(envelope([choice("", None, {"role": "assistant", "content": ""})]))
+    opened = set()
 
-    def on_piece(piece, ids):
-        delta = {"content": piece} if chat else None
-        http.send_event(envelope([choice(piece, None, delta)]))
+    def on_piece(index, piece, ids, slot):
+        if chat and index not in opened:
+            opened.add(index)
+            http.send_event(envelope([{"index": index, "logprobs": None, "finish_reason": None,
+                                       "delta": {"role": "assistant", "content": None}}]))
+        if not piece:
+            return
+        if chat:
+            choice = {"index": index, "logprobs": None, "finish_reason": None,
+                      "delta": {"content": piece}}
+        else:
+            choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": None}
+        extra = {"timings": timings(slot.session)} if req.timings_per_token else {}
+        http.send_event(envelope([choice], **extra))
 
-    session, _, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint,
-                             on_piece)
-    final = envelope([choice("", session.finish_reason, {} if chat else None)],
-                     timings=timings(session))
-    http.send_event(final)
+    outcomes = []
+    engine_names = names
+    for pi, prompt in enumerate(prompts):
+        n_predict = params.budget(engine.n_ctx, body, prompt, engine_names, True, app.n_predict)
+        for ci in range(n_choices):
+            index = pi * n_choices + ci
+            if chat and index not in opened:      # the role comes first, even for no text
+                on_piece(index, "", [], None)
+            o = generate(app, http, req, prompt, n_predict,
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+            o.index, o.prompt_index, o.prompt_tokens = index, pi, prompt
+            outcomes.append(o)
+            if chat:
+                choice = {"index": index, "logprobs": None, "finish_reason": finish_reason(o),
+                          "delta": {}}
+            else:
+                choice = {"index": index, "text": "", "logprobs": None,
+                          "finish_reason": finish_reason(o)}
+            http.send_event(envelope([choice]))
     if include_usage:
-        http.send_event(envelope([], usage=usage(prompt_tokens, session)))
+        final = envelope([], usage=usage(outcomes), timings=outcomes[-1].timings)
+        if req.verbose:
+            final["__verbose"] = verbose_of(outcomes)
+        http.send_event(final)
     http.send_event("[DONE]")
 
 
 def completion(app, http):
-    """llama.cpp's /completion: prompt text or ids, n_predict, its sampling fields."""
+    """llama.cpp's /completion: prompt text or ids (or several), n_predict, its fields."""
     engine = app.ready()
     body = http.read_json()
     if "prompt" not in body:
         raise ApiError(400, "'prompt' is required", param="prompt")
-    prompt_tokens = params.prompt_tokens(engine.tokenizer, body["prompt"])
-    n_predict = params.budget(engine.n_ctx, body, prompt_tokens, ("n_predict", "max_tokens"),
-                              openai=False)
-    sampling = params.sampling(app.defaults, body, openai=False)
-    stops = params.stops(body)
-    stream = params.field(body, "stream", bool, False)
-    return_tokens = params.field(body, "return_tokens", bool, False)
-    constraint = params.constraint(engine.tokenizer, body)
-    if body.get("json_schema") is not None:
-        constraint = params.constraint(engine.tokenizer, {"response_format": {
-            "type": "json_schema", "json_schema": {"schema": body["json_schema"]}}})
-    if params.field(body, "ignore_eos", bool, False) and constraint is None:
-        constraint = params.IgnoreEos(engine.tokenizer.eog_ids)
+    prompts = params.prompt_list(engine.tokenizer, body["prompt"])
+    complete(app, http, body, prompts)
 
-    def final(session, text, slot):
-        stop_type = "limit"
-        if session.finish_reason == "stop":
-            last = session.generated[-1:] if session.generated else []
-            stop_type = "word" if stops and len(session.generated) < n_predict else "eos"
-            if last and last[0] in engine.tokenizer.eog_ids:
-                stop_type = "eos"
-        out = {"content": text, "id_slot": slot.id, "stop": True, "model": app.model_name,
-               "tokens_predicted": len(session.generated),
-               "tokens_evaluated": len(prompt_tokens), "stop_type": stop_type,
-               "tokens_cached": len(session.tokens), "truncated": False,
-               "timings": timings(session)}
-        if return_tokens:
-            out["tokens"] = list(session.generated)
+
+def infill(app, http):
+    """llama.cpp's /infill: fill in the middle between input_prefix and input_suffix."""
+    from runtime.server import infill as fim
+    engine = app.ready()
+    body = http.read_json()
+    n_predict = params.field(body, "n_predict", int, app.n_predict, -1, 1 << 31)
+    prompt = fim.infill_tokens(engine.tokenizer, body, app.batch_size, engine.n_ctx, n_predict)
+    complete(app, http, body, [prompt])
+
+
+def complete(app, http, body, prompts):
+    engine = app.engine
+    req = Request(app, body, openai=False)
+    n_choices = params.field(body, "n", int, 1, 1, params.MAX_CHOICES)
+    names = ("n_predict", "max_tokens")
+
+    def final(o):
+        out = {"index": o.index, "content": o.text,
+               "tokens": o.tokens if req.return_tokens else [], "id_slot": o.slot_id,
+               "stop": True, "model": app.model_name, "tokens_predicted": len(o.tokens),
+               "tokens_evaluated": o.n_prompt,
+               "generation_settings": generation_settings(app, req.sampling, o.n_predict,
+                                                          req.stops, req.stream, req),
+               "prompt": engine.tokenizer.decode(o.prompt_tokens),
+               "has_new_line": "\n" in o.text, "truncated": o.truncated,
+               "stop_type": o.stop_type, "stopping_word": o.stopping_word,
+               "tokens_cached": o.n_cached, "timings": o.timings}
+        if req.response_fields:
+            return {path: _nested(out, path) for path in req.response_fields
+                    if _nested(out, path) is not _MISSING}
         return out
 
-    if not stream:
-        session, text, slot = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                       constraint, lambda piece, ids: None)
-        http.send_json(200, final(session, text, slot))
+    if not req.stream:
+        outcomes = run_all(app, http, req, prompts, n_choices, names,
+                           lambda i, piece, ids, slot: None)
+        results = [final(o) for o in outcomes]
+        http.send_json(200, results[0] if len(results) == 1 else results)
         return
 
+    for p in prompts:
+        params.budget(engine.n_ctx, body, p, names, False, app.n_predict)
     http.start_events()
 
-    def on_piece(piece, ids):
-        chunk = {"content": piece, "stop": False}
-        if return_tokens:
-            chunk["tokens"] = list(ids)
+    def on_piece(index, piece, ids, slot):
+        chunk = {"index": index, "content": piece, "tokens": list(ids), "stop": False,
+                 "id_slot": slot.id, "tokens_predicted": len(slot.session.generated),
+                 "tokens_evaluated": slot.n_prompt}
+        if req.timings_per_token:
+            chunk["timings"] = timings(slot.session)
         http.send_event(chunk)
 
-    session, text, slot = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                   constraint, on_piece)
-    http.send_event(final(session, "", slot))
+    for pi, prompt in enumerate(prompts):
+        n_predict = params.budget(engine.n_ctx, body, prompt, names, False, app.n_predict)
+        for ci in range(n_choices):
+            index = pi * n_choices + ci
+            o = generate(app, http, req, prompt, n_predict,
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+            o.index, o.prompt_index, o.prompt_tokens = index, pi, prompt
+            last = final(o)
+            if "content" in last:
+                last["content"] = ""        # the text went out in the chunks
+            http.send_event(last)
+
+
+_MISSING = object()
+
+
+def _nested(obj, path):
+    """obj["a"]["b"] for the path "a/b" (llama.cpp's response_fields)."""
+    for key in path.split("/"):
+        if not isinstance(obj, dict) or key not in obj:
+            return _MISSING
+        obj = obj[key]
+    return obj
