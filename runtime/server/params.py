@@ -104,6 +104,8 @@ def _is_token(t):
 def one_prompt(tokenizer, prompt, param="prompt"):
     """Token ids of one prompt: text, token ids, text and ids mixed in one array, or
     llama.cpp's {"prompt_string": ...} object."""
+    if isinstance(prompt, dict) and "content" in prompt and PROMPT_STRING_KEY not in prompt:
+        prompt = {PROMPT_STRING_KEY: content_parts_text(prompt["content"], param)}
     if isinstance(prompt, dict):
         if MULTIMODAL_KEY in prompt:
             raise ApiError(400, "multimodal_data was sent, but this model takes text only",
@@ -126,6 +128,26 @@ def one_prompt(tokenizer, prompt, param="prompt"):
             ids.append(part)
     token_ids(tokenizer, ids, param)
     return ids
+
+
+def content_parts_text(content, param):
+    """The text of a {"content": [{"type": "text", "text": ...}, ...]} input (embeddings'
+    multipart form); this model reads text only."""
+    if not isinstance(content, list) or not content:
+        raise ApiError(400, f"'{param}' content must be a non-empty array of parts",
+                       param=param)
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("image_url", "input_audio", "input_video", "input_image"):
+            raise ApiError(400, f"a {kind} part was sent, but this model takes text only",
+                           param=param)
+        else:
+            raise ApiError(400, f"'{param}' content parts must be {{\"type\": \"text\", "
+                                f"\"text\": ...}}", param=param)
+    return "".join(texts)
 
 
 def prompt_list(tokenizer, prompt, param="prompt"):
