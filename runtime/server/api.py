@@ -115,10 +115,11 @@ def apply_template(app, http):
     """llama-server's /apply-template: the chat prompt text, nothing generated."""
     app.ready()
     body = http.read_json()
+    tools = params.field(body, "tools", list, None)
+    prompt = params.ChatPrompt(app, body, tools)
     if app.chat_format is None:
         raise ApiError(500, f"chat is unavailable: {app.chat_error}")
-    tools = params.field(body, "tools", list, None)
-    prompt = params.ChatPrompt(app, body, tools).text(app.chat_format)
+    prompt = prompt.text(app.chat_format)
     http.send_json(200, {"prompt": prompt})
 
 

@@ -244,9 +244,10 @@ class ChatPrompt:
 
 def chat_tokens(app, body, tools=None):
     """(token ids, prompt text) of a chat request, through the chat template."""
+    prompt = ChatPrompt(app, body, tools)        # the request is checked first
     if app.chat_format is None:
         raise ApiError(500, f"chat is unavailable: {app.chat_error}")
-    text = ChatPrompt(app, body, tools).text(app.chat_format)
+    text = prompt.text(app.chat_format)
     return chat_text_tokens(app.engine.tokenizer, text), text
 
 
