@@ -171,7 +171,7 @@ class Request:
 class Outcome:
     """One finished generation, copied out of the slot's session."""
 
-    def __init__(self, session, slot, prompt_tokens, text, n_predict, stops, eog):
+    def __init__(self, session, slot, prompt_tokens, text, n_predict):
         self.text = text
         self.tokens = list(session.generated)
         self.finish_reason = session.finish_reason
@@ -223,8 +223,7 @@ def generate(app, http, req, prompt_tokens, n_predict, on_piece):
             ids = session.generated[sent:]
             sent = len(session.generated)
             on_piece(piece, ids, slot)
-        outcome = Outcome(session, slot, prompt_tokens, "".join(pieces), n_predict, req.stops,
-                          engine.tokenizer.eog_ids)
+        outcome = Outcome(session, slot, prompt_tokens, "".join(pieces), n_predict)
     except ClientGone:
         gone.append(True)
     finally:
@@ -372,8 +371,7 @@ def openai_generate(app, http, chat):
         http.send_json(200, reply)
         return
 
-    # every budget is checked (400 before the stream opens) by a dry run of run_all's check
-    for p in prompts:
+    for p in prompts:       # every budget is checked before the stream opens (400, not an event)
         params.budget(engine.n_ctx, body, p, names, True, app.n_predict)
     http.start_events()
     opened = set()
@@ -394,9 +392,8 @@ def openai_generate(app, http, chat):
         http.send_event(envelope([choice], **extra))
 
     outcomes = []
-    engine_names = names
     for pi, prompt in enumerate(prompts):
-        n_predict = params.budget(engine.n_ctx, body, prompt, engine_names, True, app.n_predict)
+        n_predict = params.budget(engine.n_ctx, body, prompt, names, True, app.n_predict)
         for ci in range(n_choices):
             index = pi * n_choices + ci
             if chat and index not in opened:      # the role comes first, even for no text
