@@ -91,6 +91,8 @@ class Handler(BaseHTTPRequestHandler):
         if method == "OPTIONS":
             return "cheap"
         name = cls.ROUTES.get(("GET" if method == "HEAD" else method, path))
+        if name is None and method == "POST" and path.startswith("/slots/"):
+            return "work"       # a slot restore computes its cache again
         return "cheap" if name is None or name in cls.CHEAP else "work"
 
     def log_message(self, fmt, *args):
