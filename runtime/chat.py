@@ -83,10 +83,7 @@ class ChatTemplate:
 
     def _render_raw(self, messages, add_generation_prompt, context=None):
         import jinja2
-        now = self.now()
-        variables = {"datetime": now.strftime("%b %d %Y"),     # what llama.cpp provides
-                     "date_string": now.strftime("%d %b %Y")}
-        variables.update(context or {})
+        variables = dict(context or {})
         variables.update(messages=messages, add_generation_prompt=add_generation_prompt,
                          bos_token=self.bos_token, eos_token=self.eos_token,
                          strftime_now=lambda fmt: self.now().strftime(fmt))

@@ -119,8 +119,15 @@ def test_completion_fields(server):
     hot = [completion(server, n_predict=12, temperature=1.5, seed=s)["content"]
            for s in (1, 1, 2, 3)]
     assert hot[0] == hot[1] and len(set(hot[1:])) > 1
-    # top_k 1 is greedy whatever the temperature
-    assert completion(server, n_predict=6, temperature=1.5, top_k=1)["content"] == base["content"]
+    # top_k 1, a tiny top_p and min_p 1 are each greedy whatever the temperature
+    for narrow in ({"top_k": 1}, {"top_p": 0.0001}, {"min_p": 1.0}):
+        assert completion(server, n_predict=6, temperature=1.5, seed=3,
+                          **narrow)["content"] == base["content"], narrow
+    # penalties change what greedy decoding repeats
+    long = completion(server, n_predict=24)["content"]
+    for penalty in ({"repeat_penalty": 2.0}, {"presence_penalty": 2.0},
+                    {"frequency_penalty": 2.0}):
+        assert completion(server, n_predict=24, **penalty)["content"] != long, penalty
     # response_fields: only those, by path
     r = completion(server, n_predict=4, response_fields=["content", "generation_settings/n_predict"])
     assert set(r) == {"content", "generation_settings/n_predict"}

@@ -1,6 +1,7 @@
 """Requests to parameters: each field checked (type, range) with an error naming it,
 prompts and chat messages to token ids, the sampling, the constraint, the budget."""
 
+import datetime
 import json
 import math
 
@@ -228,7 +229,12 @@ class ChatPrompt:
             enable = kwargs["enable_thinking"]
         if body.get("reasoning_effort") == "none":
             enable = False
-        self.context = dict(kwargs)
+        # llama-server gives every template today's date (Llama 3.x print it; without it
+        # they print their own default), then the request's chat_template_kwargs.
+        now = datetime.datetime.now()
+        self.context = {"datetime": now.strftime("%b %d %Y"),
+                        "date_string": now.strftime("%d %b %Y")}
+        self.context.update(kwargs)
         self.context["enable_thinking"] = enable
         if tools:
             self.context["tools"] = tools
