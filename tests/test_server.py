@@ -22,7 +22,8 @@ N_CTX = 512
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerProcess(smollm2(), "-c", str(N_CTX), "-np", str(N_SLOTS), "--queue", "8",
+    # -c is shared by the slots, as llama-server's: each gets N_CTX
+    srv = ServerProcess(smollm2(), "-c", str(N_CTX * N_SLOTS), "-np", str(N_SLOTS), "--queue", "8",
                         "--metrics", "--timeout", "3", api_key=KEY)
     yield srv
     assert srv.stop() == 0, "".join(srv.log)        # SIGTERM shuts down cleanly

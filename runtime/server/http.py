@@ -146,8 +146,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.app.metrics.count_request(status)
 
+    def _origin(self):
+        headers = getattr(self, "headers", None)   # none yet on a garbled request line
+        return headers.get("Origin") if headers is not None else None
+
     def _cors_headers(self):
-        allowed = cors_allowed_origin(self.app.cors, self.headers.get("Origin"))
+        allowed = cors_allowed_origin(self.app.cors, self._origin())
         if allowed is not None:
             self.send_header("Access-Control-Allow-Origin", allowed)
             self.send_header("Vary", "Origin")
@@ -156,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         """A CORS preflight: 200 with what llama-server allows, no API key needed."""
         self.send_response(200)
         self._cors_headers()
-        if cors_allowed_origin(self.app.cors, self.headers.get("Origin")) is not None:
+        if cors_allowed_origin(self.app.cors, self._origin()) is not None:
             self.send_header("Access-Control-Allow-Credentials", "true")
             self.send_header("Access-Control-Allow-Methods", CORS_METHODS)
             self.send_header("Access-Control-Allow-Headers", "*")
