@@ -81,14 +81,14 @@ class ChatTemplate:
                             f"{e.message}") from None
         self._system_supported = None
 
-    def _render_raw(self, messages, add_generation_prompt, extra=None):
+    def _render_raw(self, messages, add_generation_prompt, context=None):
         import jinja2
-        context = dict(extra or {})     # tools, enable_thinking, ...: as HF passes them
-        context.update(messages=messages, add_generation_prompt=add_generation_prompt,
-                       bos_token=self.bos_token, eos_token=self.eos_token,
-                       strftime_now=lambda fmt: self.now().strftime(fmt))
+        variables = dict(context or {})
+        variables.update(messages=messages, add_generation_prompt=add_generation_prompt,
+                         bos_token=self.bos_token, eos_token=self.eos_token,
+                         strftime_now=lambda fmt: self.now().strftime(fmt))
         try:
-            return self.template.render(**context)
+            return self.template.render(**variables)
         except UserError:
             raise
         except jinja2.TemplateError as e:
@@ -108,10 +108,10 @@ class ChatTemplate:
                 self._system_supported = False
         return self._system_supported
 
-    def render(self, messages, add_generation_prompt=True, extra=None):
-        """The prompt text for `messages`. A system message that the template cannot
-        take is folded into the first user message instead of being lost. `extra`:
-        more template variables (tools, enable_thinking, ...)."""
+    def render(self, messages, add_generation_prompt=True, context=None):
+        """The prompt text for `messages`; `context` holds more template variables
+        (tools, enable_thinking, chat_template_kwargs). A system message that the
+        template cannot take is folded into the first user message instead of being lost."""
         messages = [dict(m) for m in messages]
         if messages and messages[0]["role"] == "system" and not self.supports_system:
             system = messages.pop(0)["content"]
@@ -119,7 +119,55 @@ class ChatTemplate:
                 messages[0]["content"] = system + SYSTEM_FOLD_SEPARATOR + messages[0]["content"]
             elif system:
                 messages.insert(0, {"role": "user", "content": system})
-        return self._render_raw(messages, add_generation_prompt, extra)
+        return self._render_raw(messages, add_generation_prompt, context)
+
+
+# Reasoning markers: (opening, closing). With thinking off, a prompt that leaves the
+# model inside an opened block gets it closed, and a template that thinks without an
+# enable_thinking switch gets an empty block, as llama.cpp does.
+THINKING_TAGS = (("<think>", "</think>"), ("<|START_THINKING|>", "<|END_THINKING|>"))
+
+
+def render_chat(fmt, messages, add_generation_prompt=True, continue_final=False, context=None):
+    """The prompt text of a chat request. `continue_final`: the last (assistant)
+    message is left open for the model to continue (prefill). `context`: template
+    variables beyond the messages (tools, enable_thinking, chat_template_kwargs)."""
+    context = dict(context or {})
+
+    def render(msgs, gen):
+        if isinstance(fmt, ChatTemplate):
+            return fmt.render(msgs, gen, context)
+        return fmt.render(msgs, gen)
+
+    if continue_final and messages and messages[-1]["role"] == "assistant":
+        prefill = messages[-1]["content"]
+        if not prefill:
+            return render(messages[:-1], True)
+        full = render(messages, False)
+        at = full.rfind(prefill)
+        if at < 0:
+            raise UserError("the chat template changes the final assistant message, so it "
+                            "cannot be continued; send it without continue_final_message")
+        return full[:at + len(prefill)]
+    text = render(messages, add_generation_prompt)
+    if add_generation_prompt and context.get("enable_thinking") is False:
+        text = _close_thinking(fmt, text)
+    return text
+
+
+def _close_thinking(fmt, text):
+    source = getattr(fmt, "source", "") or ""
+    tail = text.rstrip()
+    for opening, closing in THINKING_TAGS:
+        if opening not in source:
+            continue
+        if tail.endswith(closing):
+            return text                                  # the template closed it already
+        if tail.endswith(opening):
+            return text + closing
+        if "enable_thinking" not in source:
+            return text + opening + closing
+    return text
 
 
 def token_text(gguf, token_id):

@@ -116,12 +116,16 @@ def build_parser(bundle=False):
     server = p.add_argument_group("server (--server)")
     server.add_argument("--server", action="store_true",
                         help="serve the OpenAI API, llama.cpp's endpoints and a chat page")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address(es) to listen on, comma-separated")
     server.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
     server.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     server.add_argument("--api-key-file", help="file with API keys, one a line")
-    server.add_argument("--cors", metavar="ORIGIN",
-                        help="allow browsers on ORIGIN (or *) to call the API")
+    server.add_argument("--cors-origins", "--cors", dest="cors", metavar="ORIGINS",
+                        default="*",
+                        help="origins browsers may call the API from: *, localhost (any "
+                             "loopback origin), a comma-separated list, or none (default *, "
+                             "as llama-server)")
     server.add_argument("-np", "--parallel", type=int, default=1,
                         help="requests generated at once, each with its own KV cache")
     server.add_argument("--queue", type=int, default=16,
@@ -149,6 +153,7 @@ def build_parser(bundle=False):
                              "deepseek) or left in the content (none)")
     server.add_argument("--nobrowser", action="store_true",
                         help="do not open the chat page in a browser")
+    add_llama_server_flags(server)
     return p
 
 
@@ -235,6 +240,30 @@ def read_stdin():
     except UnicodeDecodeError as e:
         raise UserError(f"the text on stdin is not UTF-8 (byte {e.start}); "
                         "convert it to UTF-8") from None
+
+
+def add_llama_server_flags(server):
+    """llama-server's own flags, spelled as it spells them (a drop-in)."""
+    server.add_argument("--alias", help="model name(s) the API reports, comma-separated")
+    server.add_argument("--tags", help="model tags /models reports, comma-separated")
+    server.add_argument("-ub", "--ubatch-size", type=int, default=None,
+                        help="prompt tokens per forward pass (default: the batch size)")
+    server.add_argument("--pooling", choices=("mean", "none", "last", "cls"), default=None,
+                        help="how /embedding pools the token vectors (default: mean)")
+    server.add_argument("--slot-save-path", metavar="DIR",
+                        help="folder for /slots/ID?action=save|restore")
+    server.add_argument("--embedding", "--embeddings", action="store_true",
+                        help="accepted: embeddings are always served")
+    server.add_argument("-cb", "--cont-batching", action="store_true",
+                        help="accepted: parallel slots are always batched")
+    server.add_argument("--jinja", action="store_true",
+                        help="accepted: chat templates are always rendered with Jinja")
+    server.add_argument("--chat-template-file", metavar="FILE",
+                        help="Jinja chat template file (the same as --chat-template FILE)")
+    server.add_argument("--reasoning", choices=("on", "off", "auto"), default="auto",
+                        help="whether templates that can think are asked to (default auto)")
+    server.add_argument("-kvu", "--kv-unified", action="store_true",
+                        help="every slot may use the whole context (-c) instead of -c / -np")
 
 
 def read_prompt(args):

@@ -188,11 +188,13 @@ class Model:
                                 f"{layer.w_up.shape[1]} outputs and there is no ffn_gate; "
                                 f"a fused gate|up needs {2 * cfg.ffn_dim}")
 
-    def with_own_cache(self):
-        """A twin over the same weights with a KV cache of its own (a server slot)."""
+    def with_own_cache(self, n_ctx=None):
+        """A twin over the same weights with a KV cache of its own (a server slot) of
+        `n_ctx` positions (default: this model's)."""
         twin = copy.copy(self)
         cfg = self.config
-        twin.cache = self.backend.kv_cache(cfg.n_layers, self.n_ctx, cfg.n_kv_heads * cfg.head_dim)
+        twin.n_ctx = int(n_ctx) if n_ctx else self.n_ctx
+        twin.cache = self.backend.kv_cache(cfg.n_layers, twin.n_ctx, cfg.n_kv_heads * cfg.head_dim)
         return twin
 
     def forward(self, tokens, pos0, last_only=True, hidden=False):

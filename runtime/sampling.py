@@ -97,11 +97,33 @@ class SamplingParams:
                 or self.frequency_penalty != 0.0)
 
 
+def mt19937(seed):
+    """A random.Random whose 32-bit outputs are C++'s std::mt19937(seed): CPython's
+    generator is the same Mersenne Twister, only seeded another way, so we give it the
+    state std::mt19937's constructor makes (init_genrand) and the same seed draws the
+    same numbers as llama.cpp."""
+    mt = [seed & 0xFFFFFFFF]
+    for i in range(1, 624):
+        prev = mt[-1]
+        mt.append((1812433253 * (prev ^ (prev >> 30)) + i) & 0xFFFFFFFF)
+    rng = random.Random()
+    rng.setstate((3, tuple(mt) + (624,), None))
+    return rng
+
+
+def uniform_canonical(rng):
+    """std::uniform_real_distribution<double>(0, 1) over a 32-bit engine (libstdc++'s
+    generate_canonical: two draws, low word first)."""
+    low, high = rng.getrandbits(32), rng.getrandbits(32)
+    return min((low + high * 4294967296.0) / 18446744073709551616.0, 1.0 - 2.0 ** -53)
+
+
 class Sampler:
     def __init__(self, params):
         self.params = params
-        seed = params.seed if params.seed is not None and params.seed >= 0 else None
-        self.rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(32))
+        seed = params.seed if params.seed is not None and 0 <= params.seed < 0xFFFFFFFF \
+            else None       # -1 and llama.cpp's 0xFFFFFFFF: a random seed
+        self.rng = mt19937(seed if seed is not None else random.SystemRandom().getrandbits(32))
         self.keep_probs = False     # record the final distribution of each draw in .probs
         self.probs = []             # [(probability, id)], most likely first (keep_probs)
 
@@ -148,7 +170,7 @@ class Sampler:
         # Ties resolve to the lower id, as llama.cpp's sort of (logit, id) does.
         scored.sort(key=lambda vt: (-vt[0], vt[1]))
         scored = scored[:k]
-        if p.temperature <= 0 or len(scored) == 1:
+        if p.temperature <= 0:
             if self.keep_probs:
                 self.probs = [(1.0, scored[0][1])]
             return scored[0][1]
@@ -170,15 +192,18 @@ class Sampler:
             keep = [i for i, w in enumerate(weights) if w >= floor] or [0]
             scored = [scored[i] for i in keep]
 
+        # llama.cpp's dist sampler: one canonical draw (even for a single candidate, so
+        # the stream stays aligned), the first token whose running sum reaches it.
         top = scored[0][0]
         weights = [math.exp((v - top) / p.temperature) for v, _ in scored]
         total = sum(weights)
         if self.keep_probs:
             self.probs = [(w / total, t) for w, (_, t) in zip(weights, scored)]
-        r = self.rng.random() * total
+        target = total * uniform_canonical(self.rng)
+        run = 0.0
         for (v, t), w in zip(scored, weights):
-            r -= w
-            if r <= 0:
+            run += w
+            if run >= target:
                 return t
         return scored[-1][1]
 

@@ -10,6 +10,25 @@ from runtime.errors import UserError
 from runtime.sampling import Biased, Sampler, as_logits, find_stop, partial_stop_suffix
 
 
+MIN_PROMPT_CHUNK = 2
+
+
+def prompt_chunks(tokens, batch_size):
+    """`tokens` in batches of at most `batch_size`, none of one token unless there is
+    only one. The kernels compute a row the same in any batch of two or more tokens,
+    but a lone token takes the matrix x vector path, whose sums round differently;
+    prompt rows then come out the same whatever the batch size or the cached prefix
+    (greedy output does not change once the prompt comes from the cache)."""
+    size = max(MIN_PROMPT_CHUNK, batch_size)
+    chunks = [tokens[i:i + size] for i in range(0, len(tokens), size)]
+    if len(chunks) > 1 and len(chunks[-1]) < MIN_PROMPT_CHUNK:
+        if len(chunks[-2]) > MIN_PROMPT_CHUNK:      # borrow a token from the one before
+            chunks[-2], chunks[-1] = chunks[-2][:-1], chunks[-2][-1:] + chunks[-1]
+        else:                                       # batch size 2: the last one takes 3
+            chunks[-2:] = [chunks[-2] + chunks[-1]]
+    return chunks
+
+
 class Timings:
     def __init__(self):
         self.prompt_tokens = 0      # tokens computed for the prompt (after cache reuse)
@@ -80,8 +99,7 @@ class Session:
             self.last_logits = None
             return logits
         last = None
-        for start in range(0, len(new_tokens), self.batch_size):
-            chunk = new_tokens[start:start + self.batch_size]
+        for chunk in prompt_chunks(new_tokens, self.batch_size):
             last = self.model.forward(chunk, len(self.tokens), last_only=True)
             self.tokens.extend(chunk)
         if last is not None:
@@ -100,9 +118,10 @@ class Session:
             if a != b:
                 break
             common += 1
-        # Keep at least one token to compute, so we have fresh logits.
-        if common == len(prompt_tokens):
-            common -= 1
+        # Keep tokens to compute, so we have fresh logits: at least two, since every
+        # row of a prompt is computed in a batch of two or more (see prompt_chunks), and
+        # a cached prompt must give the numbers a fresh one gives.
+        common = min(common, max(0, len(prompt_tokens) - MIN_PROMPT_CHUNK))
         self.truncate(common)
         t0 = time.perf_counter()
         self.eval(prompt_tokens[common:])
@@ -141,6 +160,8 @@ class Session:
         self.generated = []
         self.probs = []
         self.finish_reason = "length"
+        self.stop_word = None       # the stop string that ended it, if one did
+        self.last_token_eog = False # whether an end-of-generation token ended it
         pending = ""            # text held back: it might be the start of a stop string
         t0 = time.perf_counter()
         stopped_by_string = False
@@ -156,6 +177,7 @@ class Session:
                     token = constraint.sample(sampler, view, self.tokens)
                 if token in eog:
                     self.finish_reason = "stop"
+                    self.last_token_eog = True
                     break
                 if n_probs > 0:
                     self.probs.append(sampler_probs(sampler, token, n_probs) if post_sampling
@@ -165,6 +187,7 @@ class Session:
                 pending += decoder.feed(token)
                 cut = find_stop(pending, stops) if stops else -1
                 if cut >= 0:
+                    self.stop_word = _stop_at(pending, cut, stops)
                     pending = pending[:cut]
                     stopped_by_string = True
                     self.finish_reason = "stop"
@@ -183,6 +206,7 @@ class Session:
             tail = pending if stopped_by_string else pending + decoder.flush()
             cut = find_stop(tail, stops) if stops else -1
             if cut >= 0:
+                self.stop_word = _stop_at(tail, cut, stops)
                 tail = tail[:cut]
                 self.finish_reason = "stop"
             if tail:
@@ -190,3 +214,8 @@ class Session:
         finally:
             self.timings.generated_tokens = len(self.generated)
             self.timings.generate_seconds = time.perf_counter() - t0
+
+
+def _stop_at(text, cut, stops):
+    """The stop string found at text[cut:]."""
+    return next((s for s in stops if text.startswith(s, cut)), "")

@@ -22,7 +22,8 @@ N_CTX = 512
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerProcess(smollm2(), "-c", str(N_CTX), "-np", str(N_SLOTS), "--queue", "8",
+    # -c is shared by the slots, as llama-server's: each gets N_CTX
+    srv = ServerProcess(smollm2(), "-c", str(N_CTX * N_SLOTS), "-np", str(N_SLOTS), "--queue", "8",
                         "--metrics", "--timeout", "3", api_key=KEY)
     yield srv
     assert srv.stop() == 0, "".join(srv.log)        # SIGTERM shuts down cleanly
@@ -146,7 +147,7 @@ def test_openai_errors(client):
         bad.models.list()
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
-                                       n=2)
+                                       n=0)
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="x", prompt="hi " * (N_CTX + 10), max_tokens=1)
     assert "context" in str(e.value)
@@ -320,7 +321,7 @@ def hostile_requests():
         {"messages": msgs, "temperature": "hot"}, {"messages": msgs, "temperature": -1},
         {"messages": msgs, "temperature": 1e308 * 10}, {"messages": msgs, "top_p": 2},
         {"messages": msgs, "stream": "yes"}, {"messages": msgs, "stop": 5},
-        {"messages": msgs, "stop": [1, 2]}, {"messages": msgs, "n": 3},
+        {"messages": msgs, "stop": [1, 2]}, {"messages": msgs, "n": 0},
         {"messages": msgs, "seed": "x"}, {"messages": msgs, "presence_penalty": 9},
         {"messages": msgs, "frequency_penalty": []}, {"messages": msgs, "top_logprobs": 3},
         {"messages": msgs, "logprobs": True, "top_logprobs": 50},
@@ -354,9 +355,9 @@ def hostile_requests():
         reqs.append(("wrong type", post_bytes("/v1/chat/completions",
                                               json.dumps(body).encode())))
     for body in [{}, {"prompt": 5}, {"prompt": []}, {"prompt": [-1]}, {"prompt": [10 ** 9]},
-                 {"prompt": ["a", "b"]}, {"prompt": [1.5]}, {"prompt": ""},
+                 {"prompt": ["a", 5.5]}, {"prompt": [1.5]}, {"prompt": ""},
                  {"prompt": "hi", "max_tokens": 10 ** 9}, {"prompt": "hi", "echo": True},
-                 {"prompt": "hi", "best_of": 2}, {"prompt": [[1], [2]]}]:
+                 {"prompt": "hi", "best_of": 2}, {"prompt": [[1], []]}]:
         reqs.append(("completions", post_bytes("/v1/completions", json.dumps(body).encode())))
     for body in [{}, {"prompt": None}, {"prompt": {"a": 1}}, {"prompt": "hi", "n_predict": "x"},
                  {"prompt": "hi", "top_k": "x"}, {"prompt": "hi", "min_p": 7},

@@ -16,7 +16,7 @@ def open_stream(port, max_tokens):
     return conn
 
 
-def test_queue_then_503_and_cors_off():
+def test_queue_then_503_and_cors_default():
     srv = ServerProcess(smollm2(), "-c", "128", "-np", "1", "--queue", "1", "--metrics")
     try:
         streaming = open_stream(srv.port, 100)        # holds the only slot
@@ -38,11 +38,11 @@ def test_queue_then_503_and_cors_off():
         status, body = waited["reply"]
         assert status == 200 and body["choices"][0]["text"] is not None
         assert srv.metric("client_disconnects_total") == 1
-        # CORS is off unless --cors is given.
+        # CORS as llama-server's default: the caller's origin is echoed.
         conn = send_raw(srv.port, b"GET /health HTTP/1.1\r\nHost: x\r\n"
-                        b"Origin: http://evil.example\r\nConnection: close\r\n", timeout=10)
+                        b"Origin: http://web.example\r\nConnection: close\r\n", timeout=10)
         reply = read_until_closed(conn)
         assert b" 200 " in reply.split(b"\r\n")[0]
-        assert b"access-control-allow-origin" not in reply.lower()
+        assert b"access-control-allow-origin: http://web.example" in reply.lower()
     finally:
         assert srv.stop() == 0

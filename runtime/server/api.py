@@ -1,17 +1,24 @@
 """The API: each endpoint reads its request (through params), runs it on the engine,
 and answers in the shape its clients expect: OpenAI's chat and completion objects and
-stream chunks, llama.cpp's /completion, /tokenize, /props, /slots.
+stream chunks, llama.cpp's /completion, /infill, /tokenize, /apply-template, /props,
+/slots.
 
 Every endpoint is `name(app, http)`: `app` is the server's state (App), `http` the
 connection (read_json, send_json, send_text, start_events, send_event, client_gone).
+
+A request may hold several prompts (an array of prompts) and ask for several choices
+(`n`): each pair is one generation, run one after the other on a slot, answered in
+one reply (or one stream whose chunks carry their `index`).
 """
 
 import time
 import uuid
 
-from runtime.server import params
+from runtime.server import params, slots_io
 from runtime.server.chat import ChatRequest, delta_json, message_json
 from runtime.server.errors import ApiError, ClientGone
+
+FINGERPRINT = "b-llamazip"      # llama-server's fingerprints are its build, "b" + number
 
 
 def health(app, http):
@@ -25,10 +32,13 @@ def health(app, http):
 
 def models(app, http):
     app.ready()
-    http.send_json(200, {"object": "list", "data": [
-        {"id": app.model_name, "object": "model", "created": app.created,
-         "owned_by": "llamazip", "meta": {"n_ctx": app.engine.n_ctx,
-                                          "n_vocab": app.engine.tokenizer.n_vocab}}]})
+    model = {"id": app.model_name, "object": "model", "created": app.created,
+             "owned_by": "llamazip", "aliases": app.aliases, "tags": app.tags,
+             "meta": {"n_ctx": app.engine.n_ctx, "n_ctx_train": app.engine.model.config.n_ctx_train,
+                      "n_vocab": app.engine.tokenizer.n_vocab}}
+    http.send_json(200, {"object": "list", "data": [model],
+                         "models": [{"name": app.model_name, "model": app.model_name,
+                                     "type": "model", "tags": app.tags}]})
 
 
 def metrics(app, http):
@@ -51,11 +61,31 @@ def slots(app, http):
     http.send_json(200, [s.describe() for s in engine.slots])
 
 
+def slot_action(app, http):
+    """POST /slots/ID?action=save|restore|erase."""
+    slots_io.slot_action(app, http)
+
+
 def props(app, http):
     engine = app.ready()
-    http.send_json(200, {"model": app.model_name, "n_ctx": engine.n_ctx,
-                         "total_slots": len(engine.slots),
-                         "chat_template": getattr(app.chat_format, "source", "")})
+    tok = engine.tokenizer
+    http.send_json(200, {
+        "default_generation_settings": {
+            "id": 0, "id_task": -1, "n_ctx": engine.n_ctx, "speculative": False,
+            "is_processing": False,
+            "params": generation_settings(app, app.defaults, app.n_predict, [], False, None)},
+        "total_slots": len(engine.slots), "model_alias": app.model_name,
+        "model_path": app.model_path, "model": app.model_name, "n_ctx": engine.n_ctx,
+        "modalities": {"vision": False, "audio": False},
+        "chat_template": getattr(app.chat_format, "source", ""),
+        "bos_token": _token_text(tok, tok.bos_id), "eos_token": _token_text(tok, tok.eos_id),
+        "build_info": FINGERPRINT, "is_sleeping": False})
+
+
+def _token_text(tok, token_id):
+    if token_id is None:
+        return ""
+    return tok.token_to_piece(token_id).decode("utf-8", "replace")
 
 
 def tokenize(app, http):
@@ -65,9 +95,10 @@ def tokenize(app, http):
     if content is None:
         raise ApiError(400, "'content' (a string) is required", param="content")
     add_special = params.field(body, "add_special", bool, False)
+    parse_special = params.field(body, "parse_special", bool, True)
     with_pieces = params.field(body, "with_pieces", bool, False)
     tok = engine.tokenizer
-    ids = tok.encode(content, add_special=add_special, parse_special=True)
+    ids = tok.encode(content, add_special=add_special, parse_special=parse_special)
     if with_pieces:
         out = []
         for i in ids:
@@ -125,14 +156,112 @@ def token_entry(tokenizer, token, key, value):
             key: value}
 
 
-def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, on_piece,
-             probs=None, shown_tokens=(), on_session=None):
-    """Run one generation on a slot; `on_piece(text, new_token_ids)` gets the pieces
-    (and with `probs` (a Probs), probs.latest holds those tokens' probabilities),
-    `on_session(session)` the slot's session once it has one.
-    Returns (slot session, text, slot)."""
+def apply_template(app, http):
+    """llama-server's /apply-template: the chat prompt text, nothing generated."""
+    app.ready()
+    body = http.read_json()
+    http.send_json(200, {"prompt": ChatRequest(app, body).prompt_text})
+
+
+def input_tokens(app, http):
+    """How many prompt tokens a chat request would take."""
+    app.ready()
+    body = http.read_json()
+    http.send_json(200, {"input_tokens": len(ChatRequest(app, body).prompt_tokens)})
+
+
+# ---------------------------------------------------------------- generation
+
+class Request:
+    """The generation fields of a request, checked once for all its prompts."""
+
+    def __init__(self, app, body, openai, chat=False, chat_request=None):
+        engine = app.engine
+        self.body = body
+        self.openai = openai
+        self.sampling = params.sampling(app.defaults, body, openai=openai,
+                                        tokenizer=engine.tokenizer)
+        self.stops = params.stops(body)
+        self.stream = params.field(body, "stream", bool, False)
+        self.cache_prompt = params.field(body, "cache_prompt", bool, True)
+        self.id_slot = params.field(body, "id_slot", int, -1, -1, 1 << 20)
+        self.return_tokens = params.field(body, "return_tokens", bool, False)
+        self.timings_per_token = params.field(body, "timings_per_token", bool, False)
+        self.verbose = params.field(body, "verbose", bool, False) or app.verbose
+        self.response_fields = params.field(body, "response_fields", list, [])
+        if not all(isinstance(f, str) for f in self.response_fields):
+            raise ApiError(400, "'response_fields' must be an array of strings",
+                           param="response_fields")
+        self.ignore_eos = params.field(body, "ignore_eos", bool, False)
+        if self.ignore_eos:
+            # as llama.cpp: a -inf bias on every end-of-generation token
+            self.sampling.logit_bias.update((t, float("-inf")) for t in engine.tokenizer.eog_ids)
+        self.probs = Probs(*params.probs_request(body, openai_chat=openai and chat,
+                                                 openai_completion=openai and not chat))
+        self.chat_request = chat_request
+        self.shown_tokens = chat_request.shown_tokens if chat_request is not None else ()
+        self.default_grammar = app.default_grammar
+        self.tokenizer = engine.tokenizer
+        self.constraint()       # checked now (a bad grammar is a 400), built per generation
+
+    @classmethod
+    def of_chat(cls, app, chat_request, sampling, stops):
+        """A Request for the APIs that read their own fields into `sampling` and `stops`
+        (Anthropic Messages, OpenAI Responses): slot choice, cache and probabilities
+        at their defaults."""
+        req = cls.__new__(cls)
+        req.body, req.openai, req.sampling, req.stops = {}, True, sampling, stops
+        req.stream = req.return_tokens = req.timings_per_token = req.verbose = False
+        req.cache_prompt, req.id_slot, req.response_fields = True, -1, []
+        req.ignore_eos = False
+        req.probs = Probs()
+        req.chat_request = chat_request
+        req.shown_tokens = chat_request.shown_tokens
+        req.default_grammar = app.default_grammar
+        req.tokenizer = app.engine.tokenizer
+        return req
+
+    def constraint(self):
+        """A fresh constraint for one generation (they hold state), or None."""
+        if self.chat_request is not None:
+            return self.chat_request.make_constraint()
+        return params.constraint(self.tokenizer, self.body, self.default_grammar)
+
+
+class Outcome:
+    """One finished generation, copied out of the slot's session."""
+
+    def __init__(self, session, slot, prompt_tokens, text, n_predict):
+        self.text = text
+        self.tokens = list(session.generated)
+        self.finish_reason = session.finish_reason
+        self.timings = timings(session)
+        self.n_prompt = len(prompt_tokens)
+        self.n_cached = len(session.tokens)
+        self.slot_id = slot.id
+        self.n_predict = n_predict
+        self.session_timings = session.timings
+        self.truncated = False
+        self.stop_type = "limit"
+        self.stopping_word = ""
+        if self.finish_reason == "stop":
+            if self.tokens and session.last_token_eog:
+                self.stop_type = "eos"
+            elif session.stop_word is not None:
+                self.stop_type, self.stopping_word = "word", session.stop_word
+            else:
+                self.stop_type = "eos"
+        elif len(self.tokens) < n_predict:
+            self.truncated = True           # the slot's context ran out first
+
+
+def generate(app, http, req, prompt_tokens, n_predict, on_piece, on_session=None):
+    """Run one generation on a slot; `on_piece(text, new_token_ids, slot)` gets the
+    pieces (req.probs.latest holds those tokens' probabilities when asked for),
+    `on_session(session)` the slot's session once it has one. Returns its Outcome."""
     engine = app.engine
-    slot = engine.acquire(prompt_tokens, http.client_gone)
+    slot = engine.acquire(prompt_tokens, http.client_gone,
+                          None if req.id_slot < 0 else req.id_slot)
     session = slot.session
     if on_session is not None:
         on_session(session)
@@ -146,21 +275,28 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
             return True
         return False
 
+    if not req.cache_prompt:
+        session.reset()         # the whole prompt is computed afresh
     pieces = []
     sent = 0
-    wanted = probs is not None and probs.wanted
+    probs = req.probs
+    wanted = probs.wanted
     try:
-        for piece in session.generate(prompt_tokens, sampling, n_predict, stops, should_stop,
-                                      constraint, n_probs=abs(probs.n) if wanted else 0,
+        for piece in session.generate(prompt_tokens, req.sampling, n_predict, req.stops,
+                                      should_stop, req.constraint(),
+                                      n_probs=abs(probs.n) if wanted else 0,
                                       post_sampling=wanted and probs.post,
-                                      shown_tokens=shown_tokens):
+                                      shown_tokens=req.shown_tokens):
             slot.state = "generating"
             pieces.append(piece)
             ids = session.generated[sent:]
             if wanted:
                 probs.latest = probs.entries(engine.tokenizer, ids, session.probs[sent:])
             sent = len(session.generated)
-            on_piece(piece, ids)
+            on_piece(piece, ids, slot)
+        outcome = Outcome(session, slot, prompt_tokens, "".join(pieces), n_predict)
+        outcome.prob_entries = (probs.entries(engine.tokenizer, session.generated, session.probs)
+                                if wanted else None)
     except ClientGone:
         gone.append(True)
     finally:
@@ -173,7 +309,7 @@ def generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint, o
         raise ApiError(500, app.guard.message(), code="model_lost")
     if gone:
         raise ClientGone()
-    return session, "".join(pieces), slot
+    return outcome
 
 
 def timings(session):
@@ -193,11 +329,62 @@ def timings(session):
             "cache_n": t.reused_tokens}
 
 
-def usage(prompt_tokens, session):
-    """OpenAI's usage object."""
-    n = len(session.generated)
-    return {"prompt_tokens": len(prompt_tokens), "completion_tokens": n,
-            "total_tokens": len(prompt_tokens) + n}
+def generation_settings(app, sampling, n_predict, stops, stream, req):
+    """llama.cpp's generation_settings: the parameters a generation ran with."""
+    s = sampling
+    eog = sorted(app.engine.tokenizer.eog_ids) if req is not None and req.ignore_eos else []
+    return {"n_predict": n_predict, "seed": s.seed if s.seed is not None else -1,
+            "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
+            "repeat_last_n": s.repeat_last_n, "repeat_penalty": s.repeat_penalty,
+            "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+            "stop": list(stops), "stream": stream,
+            "cache_prompt": req.cache_prompt if req is not None else True,
+            "ignore_eos": bool(req is not None and req.ignore_eos),
+            # ignore_eos works as llama.cpp's: end-of-generation tokens biased to -inf (null)
+            "logit_bias": [{"token": t, "bias": None} for t in eog],
+            "id_slot": req.id_slot if req is not None else -1,
+            "samplers": ["penalties", "top_k", "top_p", "min_p", "temperature"]}
+
+
+def usage(outcomes):
+    """OpenAI's usage object over a request's generations."""
+    prompt = sum(o.n_prompt for o in _first_per_prompt(outcomes))
+    completion = sum(len(o.tokens) for o in outcomes)
+    cached = sum(o.timings["cache_n"] for o in outcomes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _first_per_prompt(outcomes):
+    seen, out = set(), []
+    for o in outcomes:
+        if o.prompt_index not in seen:
+            seen.add(o.prompt_index)
+            out.append(o)
+    return out
+
+
+def finish_reason(outcome):
+    return "stop" if outcome.finish_reason == "stop" else "length"
+
+
+def run_all(app, http, req, prompts, n_choices, names, on_piece):
+    """Every (prompt, choice) generation in order; `on_piece(index, piece, ids, slot)`.
+    Budgets are checked for every prompt before anything is generated."""
+    engine = app.engine
+    budgets = [params.budget(engine.n_ctx, req.body, p, names, req.openai, app.n_predict)
+               for p in prompts]
+    outcomes = []
+    for pi, (prompt, n_predict) in enumerate(zip(prompts, budgets)):
+        for ci in range(n_choices):
+            index = pi * n_choices + ci
+            o = generate(app, http, req, prompt, n_predict,
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+            o.index, o.prompt_index = index, pi
+            o.prompt_tokens = prompt
+            outcomes.append(o)
+    return outcomes
 
 
 def chat(app, http):
@@ -214,159 +401,214 @@ def openai_generate(app, http, chat):
     engine = app.ready()
     body = http.read_json()
     params.check_openai(body)
-    stream = params.field(body, "stream", bool, False)
+    n_choices = params.field(body, "n", int, 1, 1, params.MAX_CHOICES)
     options = params.field(body, "stream_options", dict, {})
-    include_usage = params.field(options, "include_usage", bool, False)
+    include_usage = params.field(options, "include_usage", bool, True)
     request = None
     if chat:
         request = ChatRequest(app, body)
-        prompt_tokens = request.prompt_tokens
+        prompts = [request.prompt_tokens]
     else:
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required", param="prompt")
-        prompt_tokens = params.prompt_tokens(engine.tokenizer, body["prompt"])
-    n_predict = params.budget(engine.n_ctx, body, prompt_tokens,
-                              ("max_completion_tokens", "max_tokens"), openai=True)
-    sampling = params.sampling(app.defaults, body, openai=True, tokenizer=engine.tokenizer)
-    stops = params.stops(body)
-    constraint = (request.constraint if chat
-                  else params.constraint(engine.tokenizer, body, app.default_grammar))
-    shown = request.shown_tokens if chat else ()
-    probs = Probs(*params.probs_request(body, openai_chat=chat, openai_completion=not chat))
+        prompts = params.prompt_list(engine.tokenizer, body["prompt"])
+    req = Request(app, body, openai=True, chat=chat, chat_request=request)
+    names = ("max_completion_tokens", "max_tokens", "n_predict")
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = app.model_name
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text, finish, delta=None, message=None, logprobs=None):
-        lp = {"content": logprobs} if logprobs is not None else None
-        if chat:
-            c = {"index": 0, "logprobs": lp, "finish_reason": finish}
-            if delta is not None:
-                c["delta"] = delta
-            else:
-                c["message"] = message_json(message)
-            return c
-        return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+    def finish_of(o, message=None):
+        if message is not None and message.tool_calls and o.finish_reason == "stop":
+            return "tool_calls"
+        return finish_reason(o)
+
+    def logprobs_of(entries):
+        return {"content": entries} if entries is not None else None
 
     def envelope(choices, **extra):
-        obj = {"id": ident, "object": kind + (".chunk" if stream and chat else ""),
-               "created": created, "model": model, "system_fingerprint": "llamazip",
+        obj = {"id": ident, "object": kind + (".chunk" if req.stream and chat else ""),
+               "created": created, "model": model, "system_fingerprint": FINGERPRINT,
                "choices": choices}
         obj.update(extra)
         return obj
 
-    def finish_reason(session, message):
-        if message is not None and message.tool_calls and session.finish_reason == "stop":
-            return "tool_calls"
-        return session.finish_reason
+    def verbose_of(outcomes):
+        o = outcomes[0]
+        return {"prompt": engine.tokenizer.decode(o.prompt_tokens), "content": o.text,
+                "tokens": o.tokens, "generation_settings": generation_settings(
+                    app, req.sampling, o.n_predict, req.stops, req.stream, req)}
 
-    if not stream:
-        session, text, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                    constraint, lambda piece, ids: None, probs,
-                                    shown_tokens=shown)
-        logprobs = None
-        if probs.wanted:
-            logprobs = probs.entries(engine.tokenizer, session.generated, session.probs)
-        message = request.stream().parse_all(text) if chat else None
-        http.send_json(200, envelope([choice(text, finish_reason(session, message),
-                                             message=message, logprobs=logprobs)],
-                                     usage=usage(prompt_tokens, session),
-                                     timings=timings(session)))
+    if not req.stream:
+        outcomes = run_all(app, http, req, prompts, n_choices, names,
+                           lambda i, piece, ids, slot: None)
+        choices = []
+        for o in outcomes:
+            if chat:
+                message = request.stream().parse_all(o.text)
+                choices.append({"index": o.index, "logprobs": logprobs_of(o.prob_entries),
+                                "finish_reason": finish_of(o, message),
+                                "message": message_json(message)})
+            else:
+                choices.append({"index": o.index, "text": o.text,
+                                "logprobs": logprobs_of(o.prob_entries),
+                                "finish_reason": finish_reason(o)})
+        reply = envelope(choices, usage=usage(outcomes), timings=outcomes[-1].timings)
+        if req.verbose:
+            reply["__verbose"] = verbose_of(outcomes)
+        http.send_json(200, reply)
         return
 
+    for p in prompts:       # every budget is checked before the stream opens (400, not an event)
+        params.budget(engine.n_ctx, body, p, names, True, app.n_predict)
     http.start_events()
-    parser = request.stream() if chat else None
-    if chat:
-        http.send_event(envelope([choice("", None, {"role": "assistant", "content": None})]))
+    opened = set()
+    parsers = {}
+    held = {}           # per choice: logprob entries of text the parser still holds back
 
-    held_logprobs = []      # entries of tokens whose text the parser still holds back
-
-    def send_deltas(deltas):
-        for delta in deltas:
-            logprobs = None
-            if probs.wanted:
-                logprobs = list(held_logprobs)
-                held_logprobs.clear()
-            http.send_event(envelope([choice("", None, delta_json(delta),
-                                             logprobs=logprobs)]))
-
-    def on_piece(piece, ids):
+    def send(index, delta=None, text=None, logprobs=None, finish=None, extra=None):
         if chat:
-            if probs.wanted:
-                held_logprobs.extend(probs.latest)
-            send_deltas(parser.feed(piece))
+            c = {"index": index, "logprobs": logprobs_of(logprobs), "finish_reason": finish,
+                 "delta": delta}
         else:
-            logprobs = probs.latest if probs.wanted else None
-            http.send_event(envelope([choice(piece, None, logprobs=logprobs)]))
+            c = {"index": index, "text": text, "logprobs": logprobs_of(logprobs),
+                 "finish_reason": finish}
+        http.send_event(envelope([c], **(extra or {})))
 
-    session, _, _ = generate(app, http, prompt_tokens, sampling, n_predict, stops, constraint,
-                             on_piece, probs, shown_tokens=shown)
-    if chat:
-        send_deltas(parser.finish())
-    final = envelope([choice("", finish_reason(session, parser and parser.message),
-                             {} if chat else None)],
-                     timings=timings(session))
-    http.send_event(final)
+    def open_choice(index):
+        if chat and index not in opened:      # the role comes first, even for no text
+            opened.add(index)
+            parsers[index] = request.stream()
+            held[index] = []
+            send(index, delta={"role": "assistant", "content": None})
+
+    def on_piece(index, piece, ids, slot):
+        open_choice(index)
+        extra = {"timings": timings(slot.session)} if req.timings_per_token else {}
+        latest = req.probs.latest if req.probs.wanted else None
+        if chat:
+            if latest:
+                held[index].extend(latest)
+            for delta in parsers[index].feed(piece):
+                logprobs = None
+                if req.probs.wanted:
+                    logprobs = list(held[index])
+                    held[index].clear()
+                send(index, delta=delta_json(delta), logprobs=logprobs, extra=extra)
+        elif piece:
+            send(index, text=piece, logprobs=latest, extra=extra)
+
+    outcomes = []
+    for pi, prompt in enumerate(prompts):
+        n_predict = params.budget(engine.n_ctx, body, prompt, names, True, app.n_predict)
+        for ci in range(n_choices):
+            index = pi * n_choices + ci
+            open_choice(index)
+            o = generate(app, http, req, prompt, n_predict,
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+            o.index, o.prompt_index, o.prompt_tokens = index, pi, prompt
+            outcomes.append(o)
+            if chat:
+                parser = parsers[index]
+                for delta in parser.finish():
+                    send(index, delta=delta_json(delta))
+                send(index, delta={}, finish=finish_of(o, parser.message))
+            else:
+                send(index, text="", finish=finish_reason(o))
     if include_usage:
-        http.send_event(envelope([], usage=usage(prompt_tokens, session)))
+        final = envelope([], usage=usage(outcomes), timings=outcomes[-1].timings)
+        if req.verbose:
+            final["__verbose"] = verbose_of(outcomes)
+        http.send_event(final)
     http.send_event("[DONE]")
 
 
 def completion(app, http):
-    """llama.cpp's /completion: prompt text or ids, n_predict, its sampling fields."""
+    """llama.cpp's /completion: prompt text or ids (or several), n_predict, its fields."""
     engine = app.ready()
     body = http.read_json()
     if "prompt" not in body:
         raise ApiError(400, "'prompt' is required", param="prompt")
-    prompt_tokens = params.prompt_tokens(engine.tokenizer, body["prompt"])
-    n_predict = params.budget(engine.n_ctx, body, prompt_tokens, ("n_predict", "max_tokens"),
-                              openai=False)
-    sampling = params.sampling(app.defaults, body, openai=False, tokenizer=engine.tokenizer)
-    stops = params.stops(body)
-    stream = params.field(body, "stream", bool, False)
-    return_tokens = params.field(body, "return_tokens", bool, False)
-    constraint = params.constraint(engine.tokenizer, body, app.default_grammar)
-    probs = Probs(*params.probs_request(body))
-    if params.field(body, "ignore_eos", bool, False):
-        # as llama.cpp: a -inf bias on every end-of-generation token
-        sampling.logit_bias.update((t, float("-inf")) for t in engine.tokenizer.eog_ids)
+    prompts = params.prompt_list(engine.tokenizer, body["prompt"])
+    complete(app, http, body, prompts)
 
-    def final(session, text, slot):
-        stop_type = "limit"
-        if session.finish_reason == "stop":
-            last = session.generated[-1:] if session.generated else []
-            stop_type = "word" if stops and len(session.generated) < n_predict else "eos"
-            if last and last[0] in engine.tokenizer.eog_ids:
-                stop_type = "eos"
-        out = {"content": text, "id_slot": slot.id, "stop": True, "model": app.model_name,
-               "tokens_predicted": len(session.generated),
-               "tokens_evaluated": len(prompt_tokens), "stop_type": stop_type,
-               "tokens_cached": len(session.tokens), "truncated": False,
-               "timings": timings(session)}
-        if return_tokens:
-            out["tokens"] = list(session.generated)
-        if probs.wanted and not stream:
-            out["completion_probabilities"] = probs.entries(engine.tokenizer, session.generated,
-                                                            session.probs)
+
+def infill(app, http):
+    """llama.cpp's /infill: fill in the middle between input_prefix and input_suffix."""
+    from runtime.server import infill as fim
+    engine = app.ready()
+    body = http.read_json()
+    n_predict = params.field(body, "n_predict", int, app.n_predict, -1, 1 << 31)
+    prompt = fim.infill_tokens(engine.tokenizer, body, app.batch_size, engine.n_ctx, n_predict)
+    complete(app, http, body, [prompt])
+
+
+def complete(app, http, body, prompts):
+    engine = app.engine
+    req = Request(app, body, openai=False)
+    n_choices = params.field(body, "n", int, 1, 1, params.MAX_CHOICES)
+    names = ("n_predict", "max_tokens")
+
+    def final(o):
+        out = {"index": o.index, "content": o.text,
+               "tokens": o.tokens if req.return_tokens else [], "id_slot": o.slot_id,
+               "stop": True, "model": app.model_name, "tokens_predicted": len(o.tokens),
+               "tokens_evaluated": o.n_prompt,
+               "generation_settings": generation_settings(app, req.sampling, o.n_predict,
+                                                          req.stops, req.stream, req),
+               "prompt": engine.tokenizer.decode(o.prompt_tokens),
+               "has_new_line": "\n" in o.text, "truncated": o.truncated,
+               "stop_type": o.stop_type, "stopping_word": o.stopping_word,
+               "tokens_cached": o.n_cached, "timings": o.timings}
+        if o.prob_entries is not None and not req.stream:
+            out["completion_probabilities"] = o.prob_entries
+        if req.response_fields:
+            return {path: _nested(out, path) for path in req.response_fields
+                    if _nested(out, path) is not _MISSING}
         return out
 
-    if not stream:
-        session, text, slot = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                       constraint, lambda piece, ids: None, probs)
-        http.send_json(200, final(session, text, slot))
+    if not req.stream:
+        outcomes = run_all(app, http, req, prompts, n_choices, names,
+                           lambda i, piece, ids, slot: None)
+        results = [final(o) for o in outcomes]
+        http.send_json(200, results[0] if len(results) == 1 else results)
         return
 
+    for p in prompts:
+        params.budget(engine.n_ctx, body, p, names, False, app.n_predict)
     http.start_events()
 
-    def on_piece(piece, ids):
-        chunk = {"content": piece, "stop": False}
-        if return_tokens:
-            chunk["tokens"] = list(ids)
-        if probs.wanted:
-            chunk["completion_probabilities"] = probs.latest
+    def on_piece(index, piece, ids, slot):
+        chunk = {"index": index, "content": piece, "tokens": list(ids), "stop": False,
+                 "id_slot": slot.id, "tokens_predicted": len(slot.session.generated),
+                 "tokens_evaluated": slot.n_prompt}
+        if req.timings_per_token:
+            chunk["timings"] = timings(slot.session)
+        if req.probs.wanted:
+            chunk["completion_probabilities"] = req.probs.latest
         http.send_event(chunk)
 
-    session, text, slot = generate(app, http, prompt_tokens, sampling, n_predict, stops,
-                                   constraint, on_piece, probs)
-    http.send_event(final(session, "", slot))
+    for pi, prompt in enumerate(prompts):
+        n_predict = params.budget(engine.n_ctx, body, prompt, names, False, app.n_predict)
+        for ci in range(n_choices):
+            index = pi * n_choices + ci
+            o = generate(app, http, req, prompt, n_predict,
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+            o.index, o.prompt_index, o.prompt_tokens = index, pi, prompt
+            last = final(o)
+            if "content" in last:
+                last["content"] = ""        # the text went out in the chunks
+            http.send_event(last)
+
+
+_MISSING = object()
+
+
+def _nested(obj, path):
+    """obj["a"]["b"] for the path "a/b" (llama.cpp's response_fields)."""
+    for key in path.split("/"):
+        if not isinstance(obj, dict) or key not in obj:
+            return _MISSING
+        obj = obj[key]
+    return obj

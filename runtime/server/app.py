@@ -32,6 +32,16 @@ class App:
         self.created = int(time.time())
         self.verbose = args.verbose
         self.default_grammar = getattr(args, "grammar_text", None)    # --grammar(-file)
+        self.n_predict = args.n_predict if args.n_predict is not None else -1
+        # llama-server's --alias takes several names; the first in sorted order is the id.
+        self.aliases = sorted({a.strip() for a in (args.alias or "").split(",") if a.strip()})
+        self.tags = sorted({t.strip() for t in (args.tags or "").split(",") if t.strip()})
+        self.model_path = ""
+        # -ub: the prompt goes through the model this many tokens at a time.
+        self.batch_size = min(args.batch_size, args.ubatch_size or args.batch_size)
+        self.slot_save_path = args.slot_save_path
+        self.pooling = args.pooling or "mean"
+        self.reasoning = args.reasoning
 
     def load(self, gguf):
         """Build tokenizer, model, slots; warm the weights so the first request is quick."""
@@ -40,24 +50,28 @@ class App:
         from runtime.sampling import SamplingParams
         args = self.args
         loaded = load_session(gguf, backend=args.backend, threads=args.threads,
-                              n_ctx=args.ctx_size, batch_size=args.batch_size)
+                              n_ctx=args.ctx_size, batch_size=self.batch_size)
         model, tokenizer = loaded.model, loaded.tokenizer
         self.guard = ModelGuard(getattr(model.backend, "lib", None), getattr(gguf, "_region", None),
                                 gguf.source)
         try:
-            self.chat_format = load_chat_format(gguf, getattr(args, "chat_template", None))
+            self.chat_format = load_chat_format(gguf, args.chat_template_file or args.chat_template)
         except UserError as e:
             # Completions still work; chat requests say why they cannot.
             self.chat_error = str(e)
             print(f"warning: {e}", file=sys.stderr, flush=True)
         self.defaults = SamplingParams.from_flags(args)
-        engine = Engine(model, tokenizer, max(1, args.parallel), max(0, args.queue),
-                        batch_size=args.batch_size)
+        n_slots = max(1, args.parallel)
+        # llama-server's split: each slot gets -c / -np, unless --kv-unified.
+        slot_ctx = model.n_ctx if args.kv_unified else max(1, model.n_ctx // n_slots)
+        engine = Engine(model, tokenizer, n_slots, max(0, args.queue),
+                        batch_size=self.batch_size, slot_ctx=slot_ctx)
         warm = engine.slots[0].session
         warm.eval([tokenizer.bos_id if tokenizer.bos_id is not None else 0])
         warm.reset()
         name = gguf.get("general.name") or os.path.basename(str(gguf.source))
-        self.model_name = str(name)
+        self.model_name = self.aliases[0] if self.aliases else str(name)
+        self.model_path = str(gguf.source)
         self.engine = engine
 
     def model_lost(self):

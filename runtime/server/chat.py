@@ -290,33 +290,42 @@ class ChatRequest:
         if not tc.template_thinks(source):
             reasoning = "none"
 
-        extra = {}
-        kwargs = params.field(body, "chat_template_kwargs", dict, {})
-        extra.update(kwargs)
-        if self.tools and caps.tools:
-            extra["tools"] = self.tools
         rendered = _polyfill(messages, caps, self.fmt, self.tools, self.tool_choice,
                              self.parallel)
+        # Prefill / continue_final_message, chat_template_kwargs, enable_thinking and the
+        # dates templates read, as llama-server renders them.
+        prompt = params.ChatPrompt(app, body, self.tools if self.tools and caps.tools else None,
+                                   messages=rendered)
         conversation = Conversation(app.chat_format, tokenizer)
         conversation.messages = rendered
-        self.prompt_text = app.chat_format.render(rendered, True, extra)
+        self.prompt_text = prompt.text(app.chat_format)
         self.prompt_tokens = conversation.text_tokens(self.prompt_text)
         forced_open = self.prompt_text.rstrip().endswith(tc.THINK_OPEN)
         self.parser = tc.OutputParser(self.fmt, reasoning, forced_open)
 
-        self.constraint = None
+        self._tokenizer = tokenizer
+        self._body = body
+        self._default_grammar = app.default_grammar
+        self._use_tools = use_tools
+        self._tool_parts = None
         if use_tools:
             parts = tc.constrained_reply(self.fmt, allowed, self.parallel,
                                          allow_content=self.tool_choice == "auto")
-            if parts:
-                self.constraint = ToolCallConstraint(tokenizer, parts)
-        else:
-            self.constraint = params.constraint(tokenizer, body, app.default_grammar)
+            self._tool_parts = parts or None
+        self.constraint = self.make_constraint()
         self.shown_tokens = set()
         for marker in tc.markers(self.fmt):
             ids = tokenizer.encode(marker, add_special=False, parse_special=True)
             if len(ids) == 1 and tokenizer.is_control(ids[0]):
                 self.shown_tokens.add(ids[0])
+
+    def make_constraint(self):
+        """A fresh constraint for one generation (constraints hold state), or None."""
+        if self._tool_parts is not None:
+            return ToolCallConstraint(self._tokenizer, self._tool_parts)
+        if self._use_tools:
+            return None
+        return params.constraint(self._tokenizer, self._body, self._default_grammar)
 
     def stream(self):
         return tc.StreamParser(self.parser)

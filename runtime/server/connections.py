@@ -176,10 +176,25 @@ class Listener:
 
     def __init__(self, host, port, answer, lane_of, workers, cheap_workers, timeout,
                  max_connections):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, port), family=family, backlog=1024)
-        self.sock.setblocking(False)
+        # Several addresses, comma-separated, as llama-server's --host: one socket each,
+        # all on the port the first one got.
+        self.socks = []
+        try:
+            for name in [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]:
+                name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+                family = socket.AF_INET6 if ":" in name else socket.AF_INET
+                sock = socket.create_server((name, port), family=family, backlog=1024,
+                                            reuse_port=False)
+                sock.setblocking(False)
+                self.socks.append(sock)
+                port = sock.getsockname()[1]
+        except BaseException:
+            for sock in self.socks:
+                sock.close()
+            raise
+        self.sock = self.socks[0]
         self.address = self.sock.getsockname()[:2]
+        self.addresses = [sock.getsockname()[:2] for sock in self.socks]
         self.answer = answer
         self.lane_of = lane_of
         self.timeout = timeout
@@ -201,7 +216,8 @@ class Listener:
     # ---- the watcher thread ----
 
     def start(self):
-        self.selector.register(self.sock, selectors.EVENT_READ, "accept")
+        for sock in self.socks:
+            self.selector.register(sock, selectors.EVENT_READ, "accept")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.thread = threading.Thread(target=self._watch, name="http-watch", daemon=True)
         self.thread.start()
@@ -211,7 +227,7 @@ class Listener:
         while not self.stopping:
             for key, _ in self.selector.select(timeout=1.0):
                 if key.data == "accept":
-                    self._accept()
+                    self._accept(key.fileobj)
                 elif key.data == "wake":
                     self._take_returned()
                 else:
@@ -222,10 +238,10 @@ class Listener:
                 next_sweep = now + 1
         self._close_all()
 
-    def _accept(self):
+    def _accept(self, listening):
         for _ in range(256):
             try:
-                sock, addr = self.sock.accept()
+                sock, addr = listening.accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -330,7 +346,8 @@ class Listener:
         for conn in list(self.waiting.values()):
             self._drop(conn)
         self.selector.close()
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
         self.wake_r.close()
 
     # ---- workers ----

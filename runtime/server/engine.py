@@ -175,13 +175,14 @@ class SlotModel:
 class Engine:
     """The model, its slots, and the queue of requests waiting for one."""
 
-    def __init__(self, model, tokenizer, n_slots, queue_size, batch_size=512):
+    def __init__(self, model, tokenizer, n_slots, queue_size, batch_size=512, slot_ctx=None):
         self.model = model
         self.tokenizer = tokenizer
         self.slots = []
         self.batcher = Batcher(model, self.slots)
+        self.slot_ctx = slot_ctx or model.n_ctx
         for i in range(n_slots):
-            slot_model = SlotModel(model.with_own_cache(), self.batcher)
+            slot_model = SlotModel(model.with_own_cache(self.slot_ctx), self.batcher)
             slot = Slot(i, Session(slot_model, tokenizer, batch_size=batch_size))
             slot_model.slot = slot
             self.slots.append(slot)
@@ -192,7 +193,8 @@ class Engine:
 
     @property
     def n_ctx(self):
-        return self.model.n_ctx
+        """The context of one slot: what one request may use."""
+        return self.slot_ctx
 
     def decode_counts(self):
         """(forward passes so far, busy slots summed over them), for /metrics."""
@@ -201,17 +203,20 @@ class Engine:
     def idle_slots(self):
         return sum(not s.busy for s in self.slots)
 
-    def acquire(self, prompt_tokens, client_gone):
-        """A free slot (the one whose cache shares most with the prompt), waiting in
-        the queue if need be; 503 when the queue is full."""
+    def acquire(self, prompt_tokens, client_gone, slot_id=None):
+        """A free slot (`slot_id`, or the one whose cache shares most with the prompt),
+        waiting in the queue if need be; 503 when the queue is full."""
+        if slot_id is not None and not 0 <= slot_id < len(self.slots):
+            raise ApiError(400, f"id_slot {slot_id} does not exist (0..{len(self.slots) - 1})",
+                           param="id_slot")
         with self.cond:
-            if not self._free() and self.waiting >= self.queue_size:
+            if not self._free(slot_id) and self.waiting >= self.queue_size:
                 raise ApiError(503, f"the server is busy: all {len(self.slots)} slots are in use "
                                     f"and {self.waiting} requests are waiting; retry later",
                                code="server_busy")
             self.waiting += 1
             try:
-                while not self._free():
+                while not self._free(slot_id):
                     if self.stopping:
                         raise ApiError(503, "the server is shutting down")
                     self.cond.wait(0.25)
@@ -219,7 +224,8 @@ class Engine:
                         raise ClientGone()
             finally:
                 self.waiting -= 1
-            slot = max(self._free(), key=lambda s: _common_prefix(s.session.tokens, prompt_tokens))
+            slot = max(self._free(slot_id),
+                       key=lambda s: _common_prefix(s.session.tokens, prompt_tokens))
             slot.busy = True
             slot.state = "prompt"
             slot.decoding = False
@@ -236,8 +242,8 @@ class Engine:
             self.cond.notify_all()
         self.batcher.slot_left()
 
-    def _free(self):
-        return [s for s in self.slots if not s.busy]
+    def _free(self, slot_id=None):
+        return [s for s in self.slots if not s.busy and (slot_id is None or s.id == slot_id)]
 
     def stop(self):
         with self.cond:

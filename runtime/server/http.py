@@ -56,6 +56,32 @@ def _has_lone_surrogate(value):
 
 
 MAX_BODY = 8 << 20          # bytes of request body we read; larger is 413
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+
+
+def origin_is_loopback(origin):
+    """Whether an Origin (scheme://host[:port]) names this machine."""
+    from urllib.parse import urlsplit
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def cors_allowed_origin(setting, origin):
+    """The Access-Control-Allow-Origin value for a request from `origin` under
+    --cors-origins `setting`, or None (no CORS headers). As llama-server: * echoes the
+    caller's origin (credentials are allowed), `localhost` echoes loopback origins only,
+    a list echoes the origins on it; `none` turns CORS off."""
+    if not setting or setting == "none":
+        return None
+    if setting == "*":
+        return origin or "*"
+    if setting == "localhost":
+        return origin if origin and origin_is_loopback(origin) else None
+    allowed = [o.strip() for o in setting.split(",") if o.strip()]
+    return origin if origin in allowed else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -88,6 +114,8 @@ class Handler(BaseHTTPRequestHandler):
         if method == "OPTIONS":
             return "cheap"
         name = cls.ROUTES.get(("GET" if method == "HEAD" else method, path))
+        if name is None and method == "POST" and path.startswith("/slots/"):
+            return "work"       # a slot restore computes its cache again
         return "cheap" if name is None or name in cls.CHEAP else "work"
 
     def log_message(self, fmt, *args):
@@ -141,11 +169,26 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.app.metrics.count_request(status)
 
+    def _origin(self):
+        headers = getattr(self, "headers", None)   # none yet on a garbled request line
+        return headers.get("Origin") if headers is not None else None
+
     def _cors_headers(self):
-        if self.app.cors:
-            self.send_header("Access-Control-Allow-Origin", self.app.cors)
-            self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
-            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        allowed = cors_allowed_origin(self.app.cors, self._origin())
+        if allowed is not None:
+            self.send_header("Access-Control-Allow-Origin", allowed)
+            self.send_header("Vary", "Origin")
+
+    def send_preflight(self):
+        """A CORS preflight: 200 with what llama-server allows, no API key needed."""
+        self.send_response(200)
+        self._cors_headers()
+        if cors_allowed_origin(self.app.cors, self._origin()) is not None:
+            self.send_header("Access-Control-Allow-Credentials", "true")
+            self.send_header("Access-Control-Allow-Methods", CORS_METHODS)
+            self.send_header("Access-Control-Allow-Headers", "*")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def start_events(self):
         self._streaming = True      # errors from here on go out as an event
@@ -230,9 +273,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         auth = self.headers.get("Authorization") or ""
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not given:       # Anthropic's clients send the key this way
+            given = (self.headers.get("X-Api-Key") or "").strip()
         if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-            raise ApiError(401, "invalid or missing API key; send 'Authorization: Bearer KEY'",
-                           code="invalid_api_key")
+            raise ApiError(401, "invalid or missing API key; send 'Authorization: Bearer KEY' "
+                                "or 'X-Api-Key: KEY'", code="invalid_api_key")
 
     # ---- dispatch ----
 
@@ -251,6 +296,10 @@ class Handler(BaseHTTPRequestHandler):
         ("POST", "/tokenize"): "tokenize", ("POST", "/detokenize"): "detokenize",
         ("POST", "/v1/messages"): "messages", ("POST", "/v1/messages/count_tokens"): "count_tokens",
         ("POST", "/v1/responses"): "responses", ("POST", "/responses"): "responses",
+        ("POST", "/apply-template"): "apply_template",
+        ("POST", "/infill"): "infill",
+        ("POST", "/chat/completions/input_tokens"): "input_tokens",
+        ("POST", "/v1/chat/completions/input_tokens"): "input_tokens",
     }
     OPEN = ("page", "health")      # no API key needed
     CHEAP = ("page", "health", "models", "metrics", "slots", "props")   # their own worker lane
@@ -259,7 +308,9 @@ class Handler(BaseHTTPRequestHandler):
                  "slots": api.slots, "props": api.props, "chat": api.chat,
                  "openai_completion": api.openai_completion, "completion": api.completion,
                  "embeddings": embeddings, "tokenize": api.tokenize,
-                 "detokenize": api.detokenize,
+                 "detokenize": api.detokenize, "apply_template": api.apply_template,
+                 "infill": api.infill, "input_tokens": api.input_tokens,
+                 "slot_action": api.slot_action,
                  "messages": anthropic.messages, "count_tokens": anthropic.count_tokens,
                  "responses": responses.responses}
 
@@ -270,10 +321,7 @@ class Handler(BaseHTTPRequestHandler):
         method = "GET" if self.command == "HEAD" else self.command
         try:
             if method == "OPTIONS":
-                self.send_response(204)
-                self._cors_headers()
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_preflight()
                 return
             name = self.ROUTES.get((method, path))
             if self.app.draining:
@@ -281,6 +329,8 @@ class Handler(BaseHTTPRequestHandler):
                 if name not in self.CHEAP:
                     raise ApiError(503, "the server is shutting down; send the request to "
                                         "another replica", code="unavailable")
+            if name is None and method == "POST" and path.startswith("/slots/"):
+                name = "slot_action"        # /slots/ID?action=save|restore|erase
             if name is None:
                 if any(p == path for _, p in self.ROUTES):
                     raise ApiError(405, f"{self.command} is not allowed on {path}")
@@ -366,12 +416,13 @@ def serve(args, gguf):
     except OverflowError:
         raise UserError(f"--port {args.port}: pass 0..65535") from None
     app.listener = listener
-    host, port = listener.address
-    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, host)
-    if ":" in shown and not shown.startswith("["):
-        shown = f"[{shown}]"
-    url = f"http://{shown}:{port}/"
-    print(f"llamazip: listening on {url} (loading the model)", file=sys.stderr, flush=True)
+    urls = []
+    for host, port in listener.addresses:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        urls.append(f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/")
+    url = urls[0]
+    print(f"llamazip: listening on {', '.join(urls)} (loading the model)", file=sys.stderr,
+          flush=True)
 
     wake = threading.Event()
     interrupts = []

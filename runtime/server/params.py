@@ -1,6 +1,8 @@
 """Requests to parameters: each field checked (type, range) with an error naming it,
 prompts and chat messages to token ids, the sampling, the constraint, the budget."""
 
+import datetime
+import json
 import math
 
 from runtime.server.errors import ApiError
@@ -56,20 +58,168 @@ def token_ids(tokenizer, value, param, allow_empty=False):
         raise ApiError(400, f"'{param}' is empty", param=param)
     return value
 
-def prompt_tokens(tokenizer, prompt, param="prompt"):
-    """Token ids of a completion prompt: text, [text], or token ids."""
-    tok = tokenizer
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
+PROMPT_STRING_KEY = "prompt_string"        # llama.cpp's JSON-object prompt
+MULTIMODAL_KEY = "multimodal_data"
+
+
+def _is_token(t):
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def one_prompt(tokenizer, prompt, param="prompt"):
+    """Token ids of one prompt: text, token ids, text and ids mixed in one array, or
+    llama.cpp's {"prompt_string": ...} object."""
+    if isinstance(prompt, dict) and "content" in prompt and PROMPT_STRING_KEY not in prompt:
+        prompt = {PROMPT_STRING_KEY: content_parts_text(prompt["content"], param)}
+    if isinstance(prompt, dict):
+        if MULTIMODAL_KEY in prompt:
+            raise ApiError(400, "multimodal_data was sent, but this model takes text only",
+                           param=param)
+        if PROMPT_STRING_KEY not in prompt:
+            raise ApiError(400, f"a prompt object needs '{PROMPT_STRING_KEY}'", param=param)
+        prompt = prompt[PROMPT_STRING_KEY]
     if isinstance(prompt, str):
-        if not prompt:
-            raise ApiError(400, f"'{param}' is empty", param=param)
-        return tok.encode(prompt, add_special=True, parse_special=True)
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return token_ids(tok, prompt, param)
-    if isinstance(prompt, list) and len(prompt) > 1:
-        raise ApiError(400, "only one prompt per request is supported (n=1)", param=param)
-    raise ApiError(400, f"'{param}' must be a string or an array of token ids", param=param)
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not all(_is_token(t) or isinstance(t, str)
+                                               for t in prompt):
+        raise ApiError(400, f"'{param}' must be a string, token ids, text and token ids "
+                            f"mixed, or an object with '{PROMPT_STRING_KEY}'", param=param)
+    ids = []
+    for i, part in enumerate(prompt):
+        if isinstance(part, str):
+            # as llama.cpp: only text at the very start gets the BOS token
+            ids += tokenizer.encode(part, add_special=i == 0, parse_special=True)
+        else:
+            ids.append(part)
+    token_ids(tokenizer, ids, param)
+    return ids
+
+
+def content_parts_text(content, param):
+    """The text of a {"content": [{"type": "text", "text": ...}, ...]} input (embeddings'
+    multipart form); this model reads text only."""
+    if not isinstance(content, list) or not content:
+        raise ApiError(400, f"'{param}' content must be a non-empty array of parts",
+                       param=param)
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("image_url", "input_audio", "input_video", "input_image"):
+            raise ApiError(400, f"a {kind} part was sent, but this model takes text only",
+                           param=param)
+        else:
+            raise ApiError(400, f"'{param}' content parts must be {{\"type\": \"text\", "
+                                f"\"text\": ...}}", param=param)
+    return "".join(texts)
+
+
+def prompt_list(tokenizer, prompt, param="prompt"):
+    """Token ids of each prompt of a request: an array that holds no token id at its top
+    level is several prompts (each any form one_prompt takes); anything else is one."""
+    if isinstance(prompt, list) and prompt and not any(_is_token(t) for t in prompt):
+        if len(prompt) > MAX_PROMPTS:
+            raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request", param=param)
+        return [one_prompt(tokenizer, p, param) for p in prompt]
+    return [one_prompt(tokenizer, prompt, param)]
+
+
+MAX_PROMPTS = 64
+MAX_CHOICES = 16
+
+
+def chat_messages(body, param="messages"):
+    """The messages array checked as llama-server checks it; content parts joined."""
+    messages = body.get(param)
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, f"'{param}' must be a non-empty array", param=param)
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"messages[{i}] must be an object", param=param)
+        role = m.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            raise ApiError(400, f"messages[{i}].role must be system, user or assistant",
+                           param=param)
+        content = m.get("content")
+        if content is None and role == "assistant":
+            content = ""
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not (isinstance(part, dict) and part.get("type") == "text"
+                        and isinstance(part.get("text"), str)):
+                    raise ApiError(400, f"messages[{i}].content: only text parts are "
+                                        "supported", param=param)
+                parts.append(part["text"])
+            content = "\n\n".join(parts)     # as llama.cpp joins text parts
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param=param)
+        clean.append({"role": role, "content": content})
+    return clean
+
+
+class ChatPrompt:
+    """What a chat request renders: the messages, whether the model's turn is opened
+    (add_generation_prompt) or the last assistant message continued (prefill /
+    continue_final_message), the template's extra variables (tools,
+    chat_template_kwargs, enable_thinking)."""
+
+    def __init__(self, app, body, tools=None, messages=None):
+        self.messages = messages if messages is not None else chat_messages(body)
+        add_gen = field(body, "add_generation_prompt", bool, None)
+        cont = field(body, "continue_final_message", bool, None)
+        last_is_assistant = self.messages[-1]["role"] == "assistant"
+        if cont and add_gen:
+            raise ApiError(400, "add_generation_prompt and continue_final_message cannot both "
+                                "be true", param="continue_final_message")
+        if cont is None and last_is_assistant and not add_gen:
+            cont = True             # llama-server's assistant prefill
+        if cont and last_is_assistant and len(self.messages) >= 2 \
+                and self.messages[-2]["role"] == "assistant":
+            raise ApiError(400, "cannot have 2 or more assistant messages at the end of the "
+                                "list", param="messages")
+        self.continue_final = bool(cont and last_is_assistant)
+        self.add_generation_prompt = (not self.continue_final) if add_gen is None else add_gen
+        kwargs = field(body, "chat_template_kwargs", dict, {})
+        enable = app.reasoning != "off"
+        if "enable_thinking" in kwargs:
+            if not isinstance(kwargs["enable_thinking"], bool):
+                raise ApiError(400, "chat_template_kwargs.enable_thinking must be a boolean",
+                               param="chat_template_kwargs")
+            enable = kwargs["enable_thinking"]
+        if body.get("reasoning_effort") == "none":
+            enable = False
+        # llama-server gives every template today's date (Llama 3.x print it; without it
+        # they print their own default), then the request's chat_template_kwargs.
+        now = datetime.datetime.now()
+        self.context = {"datetime": now.strftime("%b %d %Y"),
+                        "date_string": now.strftime("%d %b %Y")}
+        self.context.update(kwargs)
+        self.context["enable_thinking"] = enable
+        if tools:
+            self.context["tools"] = tools
+        # Templates of the FireFunction kind read the tools as one JSON text, `functions`.
+        self.context.setdefault("functions", json.dumps(tools, indent=2) if tools else "")
+
+    def text(self, fmt):
+        """The prompt text through chat format `fmt`."""
+        from runtime.chat import render_chat
+        return render_chat(fmt, self.messages, self.add_generation_prompt,
+                           self.continue_final, self.context)
+
+
+def chat_text_tokens(tokenizer, text):
+    ids = tokenizer.encode(text, add_special=True, parse_special=True)
+    # Templates that write bos_token themselves, on a tokenizer that adds BOS too: one.
+    bos = tokenizer.bos_id
+    if len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
 
 def sampling(defaults, body, openai, tokenizer=None):
     """The request's sampling fields over the server's defaults (the command line's)."""
@@ -210,9 +360,7 @@ def probs_request(body, openai_chat=False, openai_completion=False):
 
 def check_openai(body):
     """Refuse OpenAI fields we do not honour rather than ignore them."""
-    n = field(body, "n", int, 1)
-    if n != 1:
-        raise ApiError(400, "only n=1 is supported", param="n")
+    field(body, "n", int, 1, 1, MAX_CHOICES)
     if body.get("functions") or body.get("function_call"):
         raise ApiError(400, "the legacy 'functions' field is not supported; send 'tools'",
                        param="functions")
@@ -223,23 +371,28 @@ def check_openai(body):
     field(body, "model", str)
     field(body, "user", str)
 
-def budget(n_ctx, body, prompt_tokens, names, openai):
-    """Tokens to generate: the request's limit, checked against the context."""
+
+def budget(n_ctx, body, prompt_tokens, names, openai, server_default=-1):
+    """Tokens to generate: the request's limit (else the server's --n-predict), checked
+    against the slot's context."""
     limit = None
+    param = names[0]
     for name in names:
         if body.get(name) is not None:
             limit = field(body, name, int, None, -1 if not openai else 1, 1 << 31)
             param = name
             break
     if len(prompt_tokens) >= n_ctx:
-        raise ApiError(400, f"the prompt is {len(prompt_tokens)} tokens but the context is "
-                            f"{n_ctx}; shorten it", param="messages" if "messages" in body
-                       else "prompt", code="context_length_exceeded")
+        from runtime.server.errors import context_exceeded
+        raise context_exceeded(len(prompt_tokens), n_ctx,
+                               "messages" if "messages" in body else "prompt")
     room = n_ctx - len(prompt_tokens)
+    if limit is None or limit < 0:
+        limit = server_default
     if limit is None or limit < 0:
         return room
     if limit > room:
-        if openai:
+        if openai and body.get(param) is not None:
             raise ApiError(400, f"{param}={limit} does not fit: the context is {n_ctx} tokens "
                                 f"and the prompt takes {len(prompt_tokens)}; at most {room} "
                                 "tokens can be generated", param=param,

@@ -1,28 +1,38 @@
 """A chat reply generated on a slot: the request's parser fed as the pieces come, so
 the endpoints that answer in other shapes (Anthropic, Responses) get parsed deltas."""
 
-from runtime.server.api import generate
+from runtime.server.api import Request, generate
+
+
+class Finished:
+    """What the other API shapes read of a finished generation (the slot's session may
+    serve another request by then): its token ids, why it ended, its timings."""
+
+    def __init__(self, outcome):
+        self.generated = outcome.tokens
+        self.finish_reason = outcome.finish_reason
+        self.timings = outcome.session_timings
 
 
 def generate_reply(app, http, request, sampling, n_predict, stops, on_deltas=None,
                    on_session=None):
     """Generate the reply to `request` on a slot; `on_deltas(deltas)` gets the streamed
     deltas as they come (called for every token, with [] while nothing is new).
-    Returns (session, message)."""
+    Returns (Finished, message)."""
     parser = request.stream()
 
-    def on_piece(piece, ids):
+    def on_piece(piece, ids, slot):
         if on_deltas is not None:
             on_deltas(parser.feed(piece))
 
-    session, text, _ = generate(app, http, request.prompt_tokens, sampling, n_predict, stops,
-                                request.constraint, on_piece,
-                                shown_tokens=request.shown_tokens, on_session=on_session)
+    req = Request.of_chat(app, request, sampling, stops)
+    outcome = generate(app, http, req, request.prompt_tokens, n_predict, on_piece,
+                       on_session=on_session)
     if on_deltas is not None:
         on_deltas(parser.finish())
     else:
-        parser.parse_all(text)
-    return session, parser.message
+        parser.parse_all(outcome.text)
+    return Finished(outcome), parser.message
 
 
 def matched_stop(tokenizer, session, stops):
