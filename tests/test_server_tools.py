@@ -101,6 +101,8 @@ def test_streamed_call_matches_unstreamed(client):
     whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
     name, arguments, ids, finish = "", "", set(), None
     for chunk in client.chat.completions.create(stream=True, **kwargs):
+        if not chunk.choices:       # the usage chunk llama-server sends last
+            continue
         choice = chunk.choices[0]
         assert not choice.delta.content
         for call in choice.delta.tool_calls or []:
@@ -236,5 +238,6 @@ def test_hermes_format_required_call(qwen_template_server):
     assert_valid_call(message.tool_calls[0])
     arguments = "".join(c.function.arguments or "" for chunk in
                         client.chat.completions.create(stream=True, **kwargs)
+                        if chunk.choices      # not the closing usage chunk
                         for c in chunk.choices[0].delta.tool_calls or [])
     assert arguments == message.tool_calls[0].function.arguments
