@@ -45,7 +45,7 @@ def _text_of(content, where):
             raise ApiError(400, f"{where}.content: unsupported content part "
                                 f"{kind!r}; text parts only", param="messages")
         parts.append(part["text"])
-    return "".join(parts)
+    return "\n\n".join(parts)        # as llama.cpp joins a message's text parts
 
 
 def _tool_calls_of(calls, where):

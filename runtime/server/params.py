@@ -172,7 +172,7 @@ class ChatPrompt:
         self.messages = messages if messages is not None else chat_messages(body)
         add_gen = field(body, "add_generation_prompt", bool, None)
         cont = field(body, "continue_final_message", bool, None)
-        last_is_assistant = self.messages[-1]["role"] == "assistant"
+        last_is_assistant = bool(self.messages) and self.messages[-1]["role"] == "assistant"
         if cont and add_gen:
             raise ApiError(400, "add_generation_prompt and continue_final_message cannot both "
                                 "be true", param="continue_final_message")
