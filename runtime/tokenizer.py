@@ -20,6 +20,7 @@ the goal is the same ids, not the "right" ones.
 import codecs
 import heapq
 
+from runtime import validate
 from runtime.errors import UserError
 from runtime.pretokenize import PRE_TOKENIZERS, PreTokenizer
 
@@ -138,6 +139,7 @@ class Tokenizer:
     """llama.cpp-compatible tokenizer built from GGUF metadata."""
 
     def __init__(self, metadata):
+        validate.check_tokenizer(metadata)
         model = metadata.get("tokenizer.ggml.model")
         tokens = metadata.get("tokenizer.ggml.tokens")
         if tokens is None:
@@ -192,7 +194,10 @@ class Tokenizer:
 
         def special_id(key, default):
             value = metadata.get(f"tokenizer.ggml.{key}_token_id")
-            return value if value is not None and 0 <= value < n else default
+            if value is not None and 0 <= value < n:
+                return value
+            # llama.cpp's defaults, unless the vocabulary is too small to hold them
+            return default if default is not None and default < n else None
 
         self.bos_id = special_id("bos", self.bos_id)
         self.eos_id = special_id("eos", self.eos_id)
