@@ -124,6 +124,8 @@ def check_hyperparameters(gguf):
         raise UserError(f"{_source(gguf)}: general.architecture is missing; "
                         "the GGUF is incomplete")
     get_str(gguf, "general.name")
+    # Config counts the vocabulary when vocab_size is absent
+    get_list(gguf, "tokenizer.ggml.tokens", lambda t: isinstance(t, str), "strings", MAX_VOCAB)
     p = arch + "."
     for key in ("block_count", "embedding_length", "attention.head_count",
                 "feed_forward_length"):

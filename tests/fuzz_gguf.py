@@ -207,6 +207,16 @@ def _random_value(rng):
     return rng.choice([INT8, INT16, UINT8, UINT16]), 0
 
 
+def _fit(t, v):
+    """v made representable in type t (integers wrap like a C cast)."""
+    if t in (UINT8, UINT16, UINT32, UINT64):
+        return v % (1 << (8 * struct.calcsize(_FMT[t])))
+    if t in (INT8, INT16, INT32, INT64):
+        bits = 8 * struct.calcsize(_FMT[t])
+        return (v + (1 << (bits - 1))) % (1 << bits) - (1 << (bits - 1))
+    return v
+
+
 def _arch_key(h, rng):
     arch = h.get(b"general.architecture", b"llama")
     return arch + b"." + rng.choice(_ARCH_SUFFIXES)
@@ -227,6 +237,7 @@ def mutate(base, rng):
                 v = v % (2 ** (8 * struct.calcsize(_FMT[t]) - (t == INT32)))
             elif i is not None and h.kv[i][1] in (FLOAT32, FLOAT64):
                 t, v = h.kv[i][1], rng.choice(_EDGE_FLOATS)
+        v = _fit(t, v)
         i = h.index(key)
         if i is None:
             h.kv.insert(rng.randrange(len(h.kv) + 1), [key, t, v])
@@ -511,6 +522,8 @@ def fuzz(base_paths, count, seed=0, timeout=60.0, asan_lib=None, progress=None, 
                 outcome, detail = run_case(cf.path, tmp, timeout, asan_lib)
                 counts[outcome] += 1
                 if outcome in ("signal", "traceback", "hang"):
+                    print(f"FINDING {outcome} [{os.path.basename(cf.path)}] {desc}: "
+                          f"{detail.strip()[-1500:]}", file=sys.stderr, flush=True)
                     findings.append((os.path.basename(base_paths[files.index(cf)]), desc,
                                      outcome, detail))
                 elif outcome == "error":
@@ -525,12 +538,20 @@ def fuzz(base_paths, count, seed=0, timeout=60.0, asan_lib=None, progress=None, 
 
 
 def base_models(tmp):
-    """SmolLM2 (the real header) and a synthetic llama with a trained SPM vocabulary."""
+    """SmolLM2 (a real header), and synthetic models with a trained SPM vocabulary of
+    the architectures whose switches differ: llama, qwen2 (q/k/v biases), gemma3 (q/k
+    norms, post norms, GELU, sliding window), phi3 (fused q|k|v and gate|up)."""
     from tests import synthetic
     from tests.models import smollm2
     from runtime import ggml_types as T
-    synth = synthetic.spm_llama(tmp, weight_type=T.Q8_0)
-    return [smollm2(), synth]
+    spm = synthetic.train_spm(os.path.join(tmp, "spm"))
+    models = [smollm2()]
+    for arch, kind in (("llama", T.Q8_0), ("qwen2", T.Q4_0), ("gemma3", T.F16),
+                       ("phi3", T.Q5_1)):
+        path = os.path.join(tmp, f"{arch}.gguf")
+        models.append(synthetic.write_model(path, spm, arch=arch, weight_type=kind,
+                                            window=4 if arch == "gemma3" else 0))
+    return models
 
 
 def main(argv=None):

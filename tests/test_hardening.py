@@ -80,6 +80,9 @@ CRAFTED = {
                                       b"llama.attention.head_count_kw"),
                               ["attn_k.weight", "shape"]),
     "token_type_short": (_shorten(b"tokenizer.ggml.token_type"), ["token_type", "tokens"]),
+    # found by the fuzzer: Config counted a vocabulary that was a number
+    "tokens_float": (lambda h: F.set_key(h, b"tokenizer.ggml.tokens", F.FLOAT32, 1.5),
+                     ["tokenizer.ggml.tokens", "array of strings"]),
     "embedding_1e9": (lambda h: F.set_key(h, b"llama.embedding_length", F.UINT32, 10**9),
                       ["embedding_length", "integer from 1"]),
     "key_length_2048": (lambda h: F.set_key(h, b"llama.attention.key_length", F.UINT32, 2048),
@@ -159,3 +162,63 @@ def test_fuzzed_headers_never_crash(spm_model, tmp_path):
     assert sum(counts.values()) == 60
     # both kinds of ending occur, so the cases reach the model as well as the checks
     assert counts["error"] > 0 and counts["ok"] > 0, counts
+
+
+# ---------------------------------------------------------------- sanitizers
+
+def _sanitizer_build(driver):
+    """The ASan+UBSan build of the host's best kernel variant, or a skip reason."""
+    import shutil
+    from runtime import kernels
+    from tests.test_kernels import build
+    arch = kernels.machine_arch()
+    if arch not in kernels.VARIANTS or not shutil.which(build.host_cc()):
+        return None, f"no host C compiler ({build.host_cc()}) for a sanitizer build"
+    try:
+        runtimes = build.sanitizer_runtimes()
+    except RuntimeError as e:
+        return None, str(e)
+    variant = kernels.choose_variant(arch, kernels.detect_features(arch))
+    out = os.path.join(build.BUILD, arch, f"{variant}-asan" + ("-test" if driver else ".so"))
+    sources = [os.path.join(build.HERE, s) for s in build.COMMON + build.HEADERS +
+               list(build.VARIANTS[arch][variant][1]) + ["test_driver.c"]]
+    if not os.path.exists(out) or os.path.getmtime(out) < max(map(os.path.getmtime, sources)):
+        out = build.build_sanitized(arch, variant, driver)
+    return (out, runtimes), None
+
+
+def test_kernels_under_asan_and_ubsan():
+    """The kernel test driver's whole script (every op, every type) built with ASan
+    and UBSan: no report, and the same results the plain build is checked against."""
+    import numpy as np
+    from tests import test_kernels as TK
+    built, why = _sanitizer_build(driver=True)
+    if built is None:
+        pytest.skip(why)
+    driver, _ = built
+    os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+    results = TK.script().run([driver])
+    for name, _, ref, how in TK.script().outputs:
+        if isinstance(ref, str) or name == "variant" or how is None:
+            continue
+        TK.check(name, results[name], np.asarray(ref, np.float32).ravel(), how)
+
+
+def test_fuzzed_headers_under_asan(spm_model, tmp_path):
+    """A sample of fuzzed files through the command line with the sanitized kernels
+    loaded (python itself runs with the sanitizer runtimes preloaded)."""
+    built, why = _sanitizer_build(driver=False)
+    if built is None:
+        pytest.skip(why)
+    library, runtimes = built
+    out = tmp_path / "asan.json"
+    env = dict(os.environ, LD_PRELOAD=" ".join(runtimes),
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz_gguf", "--count", "16", "--seed", "11",
+         "--timeout", "300", "--model", spm_model, "--asan", library, "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=1800, env=env)
+    report = json.loads(out.read_text())
+    assert report["findings"] == [], result.stdout[-5000:] + result.stderr[-3000:]
+    assert sum(report["counts"].values()) == 16
