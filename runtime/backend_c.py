@@ -80,7 +80,8 @@ class Tensor:
         self.owner = owner
 
     def __del__(self):
-        if self.pooled:
+        # getattr: a Ctrl-C inside __init__ leaves an instance with no fields yet
+        if getattr(self, "pooled", False):
             _pool.give(self.owner, max(1, self.rows * self.cols))
 
     @property
