@@ -222,3 +222,330 @@ def test_fuzzed_headers_under_asan(spm_model, tmp_path):
     report = json.loads(out.read_text())
     assert report["findings"] == [], result.stdout[-5000:] + result.stderr[-3000:]
     assert sum(report["counts"].values()) == 16
+
+
+# ---------------------------------------------------------------- kernel cache
+
+def _planted_library(tmp_path, marker):
+    """A shared library whose constructor creates `marker`: what an attacker plants."""
+    import shutil
+    cc = os.environ.get("CC", "cc")
+    if not shutil.which(cc):
+        return None
+    src = tmp_path / "planted.c"
+    src.write_text('#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
+                   '{ FILE *f = fopen("%s", "w"); if (f) fclose(f); }\n' % marker)
+    out = tmp_path / "planted.so"
+    subprocess.run([cc, "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+    return out.read_bytes()
+
+
+def test_kernel_cache_private_verified_no_symlinks(monkeypatch, tmp_path):
+    import stat
+    from runtime import kernels
+    arch = kernels.machine_arch()
+    if arch not in kernels.VARIANTS:
+        pytest.skip("no kernels for this host")
+    variant = kernels.VARIANTS[arch][0]
+    data, _ = kernels.library_bytes(arch, variant)
+    monkeypatch.setenv("LLAMAZIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delattr(os, "memfd_create")      # the path that uses the disk cache
+
+    lib, path = kernels._open_bytes(data, arch, variant)
+    folder = os.path.dirname(path)
+    assert lib.lz_abi_version() == kernels.ABI_VERSION
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert open(path, "rb").read() == data
+    assert [n for n in os.listdir(folder)] == [os.path.basename(path)]   # no temp left
+
+    # a library planted under the cached name is replaced, and never run
+    marker = tmp_path / "constructor-ran"
+    planted = _planted_library(tmp_path, marker)
+    if planted is not None:
+        with open(path, "wb") as f:
+            f.write(planted)
+        kernels._open_bytes(data, arch, variant)
+        assert not marker.exists()
+        assert open(path, "rb").read() == data
+
+    # a symlink under the name is not written through
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    os.unlink(path)
+    os.symlink(victim, path)
+    kernels._open_bytes(data, arch, variant)
+    assert victim.read_bytes() == b"keep me"
+    assert not os.path.islink(path) and open(path, "rb").read() == data
+
+    # a folder others may write is made private again
+    os.chmod(folder, 0o777)
+    kernels._open_bytes(data, arch, variant)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+
+
+# ---------------------------------------------------------------- unbounded memory
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_tokenizer_word_cache_is_bounded():
+    import random
+    from runtime.gguf import GGUFFile
+    from runtime.tokenizer import Tokenizer, WordCache
+    tok = Tokenizer.from_gguf(GGUFFile.open(smollm2()))
+    rng = random.Random(0)
+    before = len(tok._word_cache)
+    text = " ".join("".join(rng.choice("abcdefghijklmnop") for _ in range(4096))
+                    for _ in range(60))   # 60 distinct long words
+    tok.encode(text, add_special=False)
+    assert len(tok._word_cache) - before <= 60 and all(
+        len(w) <= WordCache.MAX_WORD_CHARS for w in tok._word_cache._words)
+    # LRU: a flood of distinct short words keeps MAX_WORDS, the recent ones
+    cache = WordCache()
+    for i in range(WordCache.MAX_WORDS + 5000):
+        cache.put(f"w{i}", [i])
+    assert len(cache) == WordCache.MAX_WORDS
+    assert cache.get("w0") is None and cache.get(f"w{WordCache.MAX_WORDS + 4999}") == \
+        [WordCache.MAX_WORDS + 4999]
+    # and the same ids as without a cache
+    words = "the cat sat on the mat " * 3
+    assert tok.encode(words, add_special=False) == Tokenizer.from_gguf(
+        GGUFFile.open(smollm2())).encode(words, add_special=False)
+
+
+BIG_TEMPLATES = {
+    "repeat": "{{ 'a' * 300000000 }}",
+    "center": "{{ 'a'|center(300000000) }}",
+    "ljust": "{{ 'a'.ljust(300000000) }}",
+    "doubling": "{% set ns = namespace(x='ab') %}{% for i in range(40) %}"
+                "{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}",
+    "power": "{{ 10 ** 100000000 }}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BIG_TEMPLATES))
+def test_chat_template_limits_from_the_command_line(case, spm_model, tmp_path):
+    """--chat-template with a huge output: one line, exit 2, and RSS well under 1 GB
+    (the child's peak, from its rusage)."""
+    import resource
+    template = tmp_path / "t.jinja"
+    template.write_text(BIG_TEMPLATES[case])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = cli("-m", spm_model, "--chat", "-p", "hi", "--chat-template", template, "-n", "1",
+                 "--backend", "c")
+    one_line_error(result, "chat template")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert max(peak_kb, before) < 1 << 20, f"peak RSS {peak_kb} KB"
+
+
+def test_chat_template_from_gguf_metadata_is_bounded(spm_model, tmp_path):
+    path = F.write_case(spm_model, str(tmp_path / "tpl.gguf"),
+                        lambda h: F.set_key(h, b"tokenizer.chat_template", F.STRING,
+                                            BIG_TEMPLATES["repeat"].encode()))
+    one_line_error(cli("-m", path, "--chat", "-p", "hi", "-n", "1", "--backend", "c"),
+                   "chat template", "repetition")
+
+
+def test_chat_template_time_limit(monkeypatch):
+    from runtime import chat
+    from runtime.errors import UserError
+    monkeypatch.setattr(chat, "MAX_RENDER_SECONDS", 0.5)
+    t = chat.ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}"
+                          "{% endfor %}{% endfor %}x")
+    with pytest.raises(UserError, match="ran for over"):
+        t.render([{"role": "user", "content": "hi"}])
+    # real templates are untouched by the guard
+    ok = chat.ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content * 2 }}"
+                           "{% endfor %}")
+    assert ok.render([{"role": "user", "content": "ab"}]) == "<user>abab"
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_model_that_is_a_fifo_or_a_directory(tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    one_line_error(cli("-m", fifo, "-p", "hi", timeout=60), "FIFO")
+    one_line_error(cli("-m", tmp_path, "-p", "hi", timeout=60), "directory")
+
+
+def test_stdout_on_dev_full(spm_model):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "runtime", "-m", spm_model, "-p", "hi",
+                                 "-n", "4", "--temp", "0"], stdout=full, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO, timeout=300)
+    one_line_error(result, "cannot write the output", "No space left")
+
+
+def _start_streaming(args, path_env=None):
+    """A CLI process streaming a long answer; returns it once output has begun."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "runtime"] + [str(a) for a in args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    first = proc.stdout.read(1)
+    assert first, proc.stderr.read().decode()
+    return proc
+
+
+def test_sigint_during_chat_exits_130(spm_model):
+    import signal
+    proc = _start_streaming(["-m", spm_model, "--chat", "-p", "hi", "-n", "1000", "-c", "1024",
+                             "--temp", "1.5", "-s", "1"])
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"Traceback" not in err
+
+
+def test_model_truncated_while_running(tmp_path):
+    """The mapped file shrinks under a running generation: SIGBUS becomes one line
+    and exit 2 (kernels/guard.c, runtime/faults.py), not a crash."""
+    import shutil
+    model = tmp_path / "smol.gguf"
+    shutil.copyfile(smollm2(), model)
+    proc = _start_streaming(["-m", model, "-p", "Once upon a time", "-n", "400", "-c", "512",
+                             "--temp", "0", "--backend", "c"])
+    os.truncate(model, 2 << 20)      # the weights are past 2 MB
+    _, err = proc.communicate(timeout=300)
+    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
+    assert proc.returncode == 2, err.decode()[-2000:]
+    assert len(lines) == 1 and "truncated or changed while in use" in lines[0], lines
+
+
+# ---------------------------------------------------------------- damaged bundles
+
+@pytest.fixture(scope="module")
+def bundle(spm_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "m.llamafile"
+    subprocess.run([sys.executable, "build.py", "--model", spm_model, "-o", str(out), "--arch",
+                    "x86_64"], check=True, cwd=REPO, capture_output=True, timeout=900)
+    return out
+
+
+def run_bundle(path, *args, timeout=300):
+    return subprocess.run([str(path)] + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(str(path)))
+
+
+def _copy(bundle, tmp_path, name="b.llamafile"):
+    import shutil
+    out = tmp_path / name
+    shutil.copyfile(bundle, out)
+    os.chmod(out, 0o755)
+    return out
+
+
+def _data_span(path, member):
+    """(offset, length) of a member's stored or compressed bytes in the file."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+    name_len, extra_len = struct.unpack_from("<HH", head, 26)
+    return info.header_offset + 30 + name_len + extra_len, info.compress_size
+
+
+def _flip(path, member, at=0.5):
+    offset, length = _data_span(path, member)
+    with open(path, "r+b") as f:
+        f.seek(offset + int(length * at))
+        b = f.read(1)
+        f.seek(offset + int(length * at))
+        f.write(bytes([b[0] ^ 0x55]))
+
+
+def _rezip(bundle, tmp_path, replace=None, drop=()):
+    """A copy of the bundle with members replaced or dropped (the launcher kept)."""
+    import zipfile
+    replace = replace or {}
+    out = tmp_path / "r.llamafile"
+    with zipfile.ZipFile(bundle) as src:
+        infos = src.infolist()
+        prefix = open(bundle, "rb").read(min(i.header_offset for i in infos))
+        with open(out, "wb") as f:
+            f.write(prefix)
+            with zipfile.ZipFile(f, "w") as dst:
+                for info in infos:
+                    if info.filename in drop or info.filename.split("/")[0] in drop:
+                        continue
+                    data = replace.get(info.filename, None)
+                    dst.writestr(info, src.read(info.filename) if data is None else data)
+                for name, data in replace.items():
+                    if name not in src.namelist():
+                        dst.writestr(name, data)
+    os.chmod(out, 0o755)
+    return out
+
+
+def test_bundle_runs_and_verifies(bundle):
+    result = run_bundle(bundle, "-p", "hi", "-n", "2", "--temp", "0")
+    assert result.returncode == 0, result.stderr
+    result = run_bundle(bundle, "--verify")
+    assert result.returncode == 0 and result.stdout.startswith("ok:"), result.stderr
+
+
+def test_damaged_runtime_member(bundle, tmp_path):
+    path = _copy(bundle, tmp_path)
+    _flip(path, "runtime/cli.py")
+    one_line_error(run_bundle(path, "-p", "hi", "-n", "2"), "runtime/cli.py", "damaged")
+    result = run_bundle(path, "--verify")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "damaged: runtime/cli.py:" in result.stderr
+
+
+def test_damaged_kernel_member(bundle, tmp_path):
+    from runtime import kernels
+    variant = kernels.choose_variant("x86_64", kernels.detect_features("x86_64"))
+    member = f"kernels/x86_64/{variant}.so"
+    path = _copy(bundle, tmp_path)
+    _flip(path, member)
+    one_line_error(run_bundle(path, "-p", "hi", "-n", "2", "--backend", "c"), member, "damaged")
+    result = run_bundle(path, "--verify")
+    assert result.returncode == 2 and f"damaged: {member}:" in result.stderr, result.stderr
+
+
+def test_central_directory_size_of_the_model(bundle, tmp_path):
+    import struct
+    path = _copy(bundle, tmp_path)
+    import zipfile
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        model = [i.filename for i in z.infolist() if i.filename.endswith(".gguf")][0]
+    at = data.rindex(model.encode()) - 46          # its central directory record
+    assert data[at:at + 4] == b"PK\x01\x02"
+    size = struct.unpack_from("<I", data, at + 24)[0]
+    struct.pack_into("<I", data, at + 24, size - 4096)
+    path.write_bytes(bytes(data))
+    result = run_bundle(path, "--verify")
+    assert result.returncode == 2 and f"damaged: {model}:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    one_line_error(run_bundle(path, "-p", "hi", "-n", "2"))
+
+
+@pytest.mark.parametrize("case", ["args_not_utf8", "args_200000_lines", "manifest_list",
+                                  "manifest_nested", "no_jinja2"])
+def test_tampered_bundle_one_line(case, bundle, tmp_path):
+    if case == "args_not_utf8":
+        path = _rezip(bundle, tmp_path, {".args": b"-n\n\xff\xfe\n"})
+        one_line_error(run_bundle(path, "-p", "hi"), ".args", "UTF-8")
+    elif case == "args_200000_lines":
+        path = _rezip(bundle, tmp_path, {".args": b"-v\n" * 200000})
+        one_line_error(run_bundle(path, "-p", "hi", timeout=60), ".args", "lines")
+        result = run_bundle(path, "--verify", timeout=60)
+        assert result.returncode == 2 and "damaged: .args:" in result.stderr, result.stderr
+    elif case in ("manifest_list", "manifest_nested"):
+        manifest = b"[]" if case == "manifest_list" else b"[" * 100000 + b"]" * 100000
+        path = _rezip(bundle, tmp_path, {"manifest.json": manifest})
+        one_line_error(run_bundle(path, "--verify"), "manifest.json")
+        one_line_error(run_bundle(path, "--info"), "manifest.json")
+    else:
+        # the vendored jinja2 is gone: never the host's copy instead
+        path = _rezip(bundle, tmp_path, drop=("jinja2",))
+        template = tmp_path / "t.jinja"
+        template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+        one_line_error(run_bundle(path, "--chat", "-p", "hi", "-n", "1", "--chat-template",
+                                  template), "no module jinja2")
