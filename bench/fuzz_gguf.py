@@ -2,7 +2,7 @@
 ending: exit 0, one-line exit 2, and the findings (signals, tracebacks, hangs).
 
     python bench/fuzz_gguf.py                       10,000 cases, 2 processes
-    python bench/fuzz_gguf.py --count 500 --asan kernels/build/x86_64/avx2-asan.so
+    python bench/fuzz_gguf.py --count 500 --asan kernels/build/sanitize/x86_64/avx2-asan.so
         (under LD_PRELOAD of the sanitizer runtimes: kernels/build.py --sanitize, and
         `cc -print-file-name=libasan.so` / libubsan.so)
 

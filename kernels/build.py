@@ -5,8 +5,8 @@
     python kernels/build.py x86_64          one architecture (or arch/variant)
     python kernels/build.py --drivers       also the static test drivers (tests/test_kernels.py)
     python kernels/build.py --force         rebuild even when up to date
-    python kernels/build.py --sanitize [x86_64/avx2]  ASan+UBSan builds for this host, with
-                                            its own cc: <variant>-asan.so, <variant>-asan-test
+    python kernels/build.py --sanitize [x86_64/avx2]  ASan+UBSan builds for this host, with its
+                            own cc: build/sanitize/<arch>/<variant>-asan.so, <variant>-asan-test
 
 The compiler is zig's clang (`pip install ziglang`, run as `python -m ziglang cc`),
 which cross-compiles to every target with its own libc headers. Builds are cached:
@@ -167,13 +167,18 @@ def sanitizer_runtimes(cc=None):
     return paths
 
 
+def sanitized_path(arch, variant, driver):
+    """Apart from the release builds, so that no bundle ever picks one up."""
+    return os.path.join(BUILD, "sanitize", arch, f"{variant}-asan" + ("-test" if driver else ".so"))
+
+
 def build_sanitized(arch, variant, driver):
     """An ASan+UBSan build with the host compiler: <variant>-asan.so or <variant>-asan-test."""
     cpu, extra, defines = VARIANTS[arch][variant]
     flags = []
     for f in cpu:
         flags += _HOST_CPU_FLAGS.get(f, [] if f.startswith("-mcpu=") else [f])
-    out = os.path.join(BUILD, arch, f"{variant}-asan" + ("-test" if driver else ".so"))
+    out = sanitized_path(arch, variant, driver)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     sources = COMMON + extra + (["test_driver.c"] if driver else [])
     cmd = [host_cc()] + flags + SANITIZE_FLAGS + ["-D" + d for d in defines]

@@ -179,7 +179,7 @@ def _sanitizer_build(driver):
     except RuntimeError as e:
         return None, str(e)
     variant = kernels.choose_variant(arch, kernels.detect_features(arch))
-    out = os.path.join(build.BUILD, arch, f"{variant}-asan" + ("-test" if driver else ".so"))
+    out = build.sanitized_path(arch, variant, driver)
     sources = [os.path.join(build.HERE, s) for s in build.COMMON + build.HEADERS +
                list(build.VARIANTS[arch][variant][1]) + ["test_driver.c"]]
     if not os.path.exists(out) or os.path.getmtime(out) < max(map(os.path.getmtime, sources)):
@@ -549,3 +549,34 @@ def test_tampered_bundle_one_line(case, bundle, tmp_path):
         template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
         one_line_error(run_bundle(path, "--chat", "-p", "hi", "-n", "1", "--chat-template",
                                   template), "no module jinja2")
+
+
+def test_native_launcher_killed_leaves_nothing(spm_model, tmp_path):
+    """SIGKILL to the PyInstaller bootloader: its child (our Python) stops within
+    seconds and removes the _MEI folder the bootloader would have removed."""
+    import glob
+    import signal
+    import time
+    pytest.importorskip("PyInstaller")
+    out = tmp_path / "n.llamafile"
+    subprocess.run([sys.executable, "build.py", "--model", spm_model, "-o", str(out), "--arch",
+                    "x86_64", "--launcher", "native"], check=True, cwd=REPO,
+                   capture_output=True, timeout=1800)
+    work = tmp_path / "run"
+    work.mkdir()
+    env = dict(os.environ, TMPDIR=str(work))    # where the bootloader unpacks
+    proc = subprocess.Popen([str(out), "-p", "hi", "-n", "60000", "-c", "65536", "--temp", "1.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    assert proc.stdout.read(1)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert len(children) == 1 and glob.glob(str(work / "_MEI*"))
+    child = int(children[0])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for _ in range(200):
+        if not os.path.exists(f"/proc/{child}") and not glob.glob(str(work / "_MEI*")):
+            break
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}"), "the child kept running"
+    assert not glob.glob(str(work / "_MEI*")), "the _MEI folder was left behind"
