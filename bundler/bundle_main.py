@@ -176,8 +176,7 @@ def main():
         from runtime.cli import main as run_command_line
         return run_command_line(sys.argv[1:], bundle=(archive, zip_file))
     except ImportError as e:   # a damaged or missing module of the bundle: one line
-        sys.stderr.write("error: %s
-" % e)
+        sys.stderr.write("error: %s\n" % e)
         return 2
 
 

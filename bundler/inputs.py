@@ -125,8 +125,7 @@ def validate(source):
     from runtime import ggml_types
     from runtime.gguf import GGUFFile
     from runtime.model import SUPPORTED_ARCHITECTURES
-    from runtime.tokenizer import Tokenizer
-    from runtime.validate import check_model
+    from runtime.loader import check_model
 
     display = source.path if source.offset == 0 and not source.temp_path else \
         f"{source.path} ({source.name})"
@@ -141,7 +140,6 @@ def validate(source):
                         f"{', '.join(SUPPORTED_ARCHITECTURES)}")
     # the runtime's own checks, all of them: build.py refuses what a run would refuse
     config = check_model(gguf)
-    Tokenizer.from_gguf(gguf)
     types = {}
     n_params = 0
     for t in gguf.tensors.values():

@@ -7,10 +7,10 @@ tensor the model uses has the shape the hyperparameters imply. The C kernels tru
 those shapes (they get addresses, not buffers), so a file that passes here cannot
 make them read or write outside what was mapped or allocated.
 
-`check_model(gguf)` runs all of it and is what the bundler calls, so that build.py
-refuses exactly what the runtime would. The runtime calls the parts where it reads
-the values: hyperparameters in model.Config, tokenizer keys in the Tokenizer,
-shapes when the Model is built.
+The runtime calls each part where it reads the values: hyperparameters in
+model.Config, tokenizer keys in the Tokenizer, shapes when the Model is built;
+loader.check_model runs them all without building anything, and is what the bundler
+calls, so that build.py refuses exactly what the runtime would.
 """
 
 import math
@@ -294,13 +294,3 @@ def check_tensor_shapes(gguf, config, n_vocab):
     for name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
         if name in gguf.tensors and gguf.tensors[name].type != ggml_types.F32:
             raise UserError(f"{gguf.source}: {name} must be F32")
-
-
-def check_model(gguf):
-    """Everything above, in the order the runtime meets it; returns the Config."""
-    from runtime.model import Config   # model imports this module
-    check_tokenizer(gguf)
-    config = Config(gguf)
-    tokens = gguf.get("tokenizer.ggml.tokens")
-    check_tensor_shapes(gguf, config, len(tokens) if tokens else config.vocab_size)
-    return config
