@@ -13,8 +13,14 @@
 static char bus_message[1024];
 static size_t bus_length;
 
+static int bus_fired;
+
 static void on_sigbus(int sig) {
     (void)sig;
+    // Several pool threads may fault at once: the first says it and ends the
+    // process; the others wait for that (a lock-free exchange is signal-safe).
+    if (__atomic_exchange_n(&bus_fired, 1, __ATOMIC_SEQ_CST))
+        for (;;) pause();
     if (bus_length) {
         ssize_t n = write(2, bus_message, bus_length);
         (void)n;
