@@ -265,8 +265,11 @@ def test_kernel_cache_private_verified_no_symlinks(monkeypatch, tmp_path):
     marker = tmp_path / "constructor-ran"
     planted = _planted_library(tmp_path, marker)
     if planted is not None:
-        with open(path, "wb") as f:
+        # a new file under the name (writing into the old one would pull the pages
+        # from under the copy this process has loaded)
+        with open(path + ".new", "wb") as f:
             f.write(planted)
+        os.replace(path + ".new", path)
         kernels._open_bytes(data, arch, variant)
         assert not marker.exists()
         assert open(path, "rb").read() == data
