@@ -124,7 +124,8 @@ def validate(source):
     """
     from runtime import ggml_types
     from runtime.gguf import GGUFFile
-    from runtime.model import SUPPORTED_ARCHITECTURES, Config
+    from runtime.model import SUPPORTED_ARCHITECTURES
+    from runtime.loader import check_model
 
     display = source.path if source.offset == 0 and not source.temp_path else \
         f"{source.path} ({source.name})"
@@ -137,8 +138,8 @@ def validate(source):
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UserError(f"{display}: unsupported model architecture {arch!r}; llamazip runs: "
                         f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-    config = Config(gguf)
-    gguf.check_tensors()
+    # the runtime's own checks, all of them: build.py refuses what a run would refuse
+    config = check_model(gguf)
     types = {}
     n_params = 0
     for t in gguf.tensors.values():

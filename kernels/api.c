@@ -73,13 +73,15 @@ LZ_API int lz_block_geometry(int type, int *block, int *size) {
 }
 
 LZ_API void lz_dequantize(int type, const void *src, float *dst, int64_t n) {
-    if (lz_type_supported(type)) lz_k.types[type].dequant(src, dst, n);
+    if (lz_type_supported(type) && n >= 0 && n % lz_k.types[type].block == 0)
+        lz_k.types[type].dequant(src, dst, n);
 }
 
 // Write the activation row x (k values) the way `type`'s dot product sees it,
 // as floats: for tests comparing with the oracle's quantize_activations.
 LZ_API int lz_quantize_act(int type, const float *x, float *out, int64_t k) {
     if (!lz_type_supported(type)) return -1;
+    if (k <= 0 || k > (1 << 20) || k % lz_k.types[type].block) return -2;   // buf is on the stack
     int kind = lz_k.types[type].xq;
     uint8_t buf[xq_row_bytes(kind, k) + 64];
     lz_k.quant[kind](x, buf, k);

@@ -5,6 +5,8 @@
     python kernels/build.py x86_64          one architecture (or arch/variant)
     python kernels/build.py --drivers       also the static test drivers (tests/test_kernels.py)
     python kernels/build.py --force         rebuild even when up to date
+    python kernels/build.py --sanitize [x86_64/avx2]  ASan+UBSan builds for this host, with its
+                            own cc: build/sanitize/<arch>/<variant>-asan.so, <variant>-asan-test
 
 The compiler is zig's clang (`pip install ziglang`, run as `python -m ziglang cc`),
 which cross-compiles to every target with its own libc headers. Builds are cached:
@@ -22,7 +24,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.join(HERE, "build")
 
-COMMON = ["api.c", "threads.c", "quants.c", "matmul.c", "ops.c", "busfault.c"]
+COMMON = ["api.c", "threads.c", "quants.c", "matmul.c", "ops.c", "busfault.c", "guard.c"]
 HEADERS = ["quants.h", "ops.h", "threads.h", "tiles.h"]
 
 # arch -> (glibc target for the .so, musl target for static test drivers)
@@ -138,6 +140,58 @@ def build(arch, variant, driver=False, force=False, quiet=False):
     return out
 
 
+# --sanitize: the host's own compiler (zig ships no sanitizer runtimes), ASan and
+# UBSan, for the test driver and for a library the fuzzer loads (tests/fuzz_gguf.py).
+SANITIZE_FLAGS = ["-std=c11", "-O1", "-g", "-fPIC", "-fno-omit-frame-pointer",
+                  "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fvisibility=hidden", "-fno-math-errno", "-ffp-contract=off"]
+# zig's -mcpu names, as GCC/Clang flags
+_HOST_CPU_FLAGS = {"-mcpu=generic+dotprod+fullfp16": ["-march=armv8.2-a+dotprod+fp16"]}
+
+
+def host_cc():
+    return os.environ.get("CC", "cc")
+
+
+def sanitizer_runtimes(cc=None):
+    """Paths of the ASan and UBSan runtimes to LD_PRELOAD into a python that loads a
+    sanitized library (a python binary is not built with them)."""
+    cc = cc or host_cc()
+    paths = []
+    for lib in ("libasan.so", "libubsan.so"):
+        out = subprocess.run([cc, f"-print-file-name={lib}"], capture_output=True, text=True)
+        path = out.stdout.strip()
+        if out.returncode != 0 or not os.path.isabs(path):
+            raise RuntimeError(f"{cc} has no {lib}; install the compiler's sanitizer runtime")
+        paths.append(path)
+    return paths
+
+
+def sanitized_path(arch, variant, driver):
+    """Apart from the release builds, so that no bundle ever picks one up."""
+    return os.path.join(BUILD, "sanitize", arch, f"{variant}-asan" + ("-test" if driver else ".so"))
+
+
+def build_sanitized(arch, variant, driver):
+    """An ASan+UBSan build with the host compiler: <variant>-asan.so or <variant>-asan-test."""
+    cpu, extra, defines = VARIANTS[arch][variant]
+    flags = []
+    for f in cpu:
+        flags += _HOST_CPU_FLAGS.get(f, [] if f.startswith("-mcpu=") else [f])
+    out = sanitized_path(arch, variant, driver)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    sources = COMMON + extra + (["test_driver.c"] if driver else [])
+    cmd = [host_cc()] + flags + SANITIZE_FLAGS + ["-D" + d for d in defines]
+    cmd += [f'-DLZ_VARIANT="{variant}"'] + [os.path.join(HERE, s) for s in sources]
+    cmd += ([] if driver else ["-shared"]) + ["-pthread", "-lm", "-o", out + ".tmp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sanitized build of {arch}/{variant} failed:\n{' '.join(cmd)}\n"
+                           f"{proc.stderr}")
+    os.replace(out + ".tmp", out)
+    return out
+
+
 def all_jobs(selection=None, drivers=False):
     jobs = []
     for arch, variants in VARIANTS.items():
@@ -152,6 +206,16 @@ def all_jobs(selection=None, drivers=False):
 
 
 def main(argv):
+    if "--sanitize" in argv:
+        import platform
+        arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
+                                                           platform.machine().lower())
+        variants = [a.split("/")[1] for a in argv if "/" in a] or list(VARIANTS[arch])
+        for variant in variants:
+            for driver in (False, True):
+                print(os.path.relpath(build_sanitized(arch, variant, driver),
+                                      os.path.dirname(HERE)))
+        return 0
     force = "--force" in argv
     drivers = "--drivers" in argv
     selection = [a for a in argv if not a.startswith("--")]

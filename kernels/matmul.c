@@ -253,7 +253,7 @@ LZ_API int lz_matmul(int type, const void *w, int64_t rows, int64_t k, const flo
                    int64_t n, float *y, int64_t ldy) {
     if (type < 0 || type >= LZ_NTYPES || !lz_k.types[type].tile) return -1;
     const lz_type_ops *ops = &lz_k.types[type];
-    if (k % ops->block || rows <= 0 || n <= 0) return -2;
+    if (k <= 0 || k % ops->block || rows <= 0 || n <= 0 || ldx < k || ldy < rows) return -2;
     int nth = lz_pool_threads();
 
     const uint8_t *xq;

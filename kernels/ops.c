@@ -74,6 +74,7 @@ static inline float lz_expf(float x) {
 // ---------------------------------------------------------------- element-wise
 
 void lz_rmsnorm(const float *x, float *y, int64_t count, const float *w, int64_t group, float eps) {
+    if (group <= 0 || count < 0 || count % group) return;   // the caller checks; never stray
     for (int64_t c = 0; c < count; c += group) {
         double ss = 0.0;
         for (int64_t i = 0; i < group; i++) ss += (double)x[c + i] * (double)x[c + i];
@@ -146,10 +147,12 @@ double lz_logprob(const float *x, int64_t n, int64_t target) {
 }
 
 void lz_embed(int type, const void *table, int64_t n, const int32_t *ids, int64_t n_ids, float *out) {
+    if (type < 0 || type >= LZ_NTYPES || !lz_k.types[type].dequant) return;
     const lz_type_ops *o = &lz_k.types[type];
+    if (n <= 0 || n % o->block) return;
     size_t row = (size_t)(n / o->block) * (size_t)o->type_size;
     for (int64_t r = 0; r < n_ids; r++)
-        o->dequant((const uint8_t *)table + (size_t)ids[r] * row, out + r * n, n);
+        if (ids[r] >= 0) o->dequant((const uint8_t *)table + (size_t)ids[r] * row, out + r * n, n);
 }
 
 // ---------------------------------------------------------------- RoPE
@@ -173,6 +176,8 @@ void lz_rope_table_at(float *cs, const int64_t *positions, int64_t n_rows, const
 // Rotate n_rot dims of each head: pairs (2i, 2i+1), or (i, i + n_rot/2) for NeoX.
 void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim, int n_rot,
              int neox, const float *cs) {
+    if (n_rot < 0 || n_rot % 2 || n_rot > head_dim || n_heads < 0 || ldx < (int64_t)n_heads * head_dim)
+        return;
     int half = n_rot / 2;
     for (int64_t t = 0; t < n_tokens; t++) {
         const float *c = cs + t * half * 2;
@@ -513,7 +518,10 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
                       lz_half *kc, lz_half *vc, int64_t n_tokens, int64_t pos0, int n_heads,
                       int n_kv_heads, int head_dim, float scale, int64_t window, float *out,
                       int64_t ldo) {
-    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads) return -1;
+    if (head_dim <= 0 || head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads)
+        return -1;
+    if (n_tokens < 0 || pos0 < 0 || ldq < (int64_t)n_heads * head_dim ||
+        ldkv < (int64_t)n_kv_heads * head_dim || ldo < (int64_t)n_heads * head_dim) return -1;
     int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
     for (int64_t i = 0; i < n_tokens; i++) {
         f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
@@ -535,7 +543,12 @@ int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *
                       lz_half *const *k_bases, lz_half *const *v_bases, int64_t layer_off,
                       const int64_t *positions, int64_t n_rows, int n_heads, int n_kv_heads,
                       int head_dim, float scale, int64_t window, float *out, int64_t ldo) {
-    if (head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads) return -1;
+    if (head_dim <= 0 || head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads)
+        return -1;
+    if (n_rows < 0 || layer_off < 0 || ldq < (int64_t)n_heads * head_dim ||
+        ldkv < (int64_t)n_kv_heads * head_dim || ldo < (int64_t)n_heads * head_dim) return -1;
+    for (int64_t i = 0; i < n_rows; i++)
+        if (positions[i] < 0) return -1;
     int64_t kv_dim = (int64_t)n_kv_heads * head_dim, max_pos = 0;
     lz_half **kcs = malloc(sizeof(lz_half *) * 2 * (size_t)(n_rows > 0 ? n_rows : 1));
     if (!kcs) return -2;

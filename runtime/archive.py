@@ -8,18 +8,19 @@ find where its data starts, and never read the model itself. Small members (.arg
 manifest.json, kernels) are read whole.
 """
 
-import hashlib
-import json
 import struct
 import sys
 import zipfile
 
+from runtime import bundle_verify
 from runtime.errors import UserError
 
 MODEL_SUFFIX = ".gguf"
 ARGS_MEMBER = ".args"
 MANIFEST_MEMBER = "manifest.json"
 USER_ARGS_MARK = "..."  # in .args: where the user's arguments go (else they are appended)
+MAX_ARGS_LINES = 4096   # .args is a handful of flags; a huge one is damage, not defaults
+MAX_ARGS_BYTES = 1 << 20
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_SIGNATURE = 0x04034B50
@@ -41,7 +42,7 @@ class Bundle:
             self.zip = zip_file if zip_file is not None else zipfile.ZipFile(path)
         except FileNotFoundError:
             raise UserError(f"bundle not found: {path}; check the path") from None
-        except (OSError, zipfile.BadZipFile) as e:
+        except bundle_verify.READ_ERRORS as e:
             raise UserError(f"{path} is not a readable llamazip bundle ({e}); "
                             "download or build it again") from None
         self._infos = {info.filename: info for info in self.zip.infolist()}
@@ -59,7 +60,7 @@ class Bundle:
                             "build it again")
         try:
             return self.zip.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+        except bundle_verify.READ_ERRORS as e:
             raise UserError(f"{self.path}: member {name} is damaged ({e}); "
                             "download or build the bundle again") from None
 
@@ -96,53 +97,37 @@ class Bundle:
         """The arguments stored in .args, one per line (llamafile's convention)."""
         if not self.has(ARGS_MEMBER):
             return []
-        text = self.read(ARGS_MEMBER).decode("utf-8")
+        if self._infos[ARGS_MEMBER].file_size > MAX_ARGS_BYTES:
+            raise UserError(f"{self.path}: {ARGS_MEMBER} is over {MAX_ARGS_BYTES} bytes; "
+                            "build the bundle again with fewer default arguments")
+        try:
+            text = self.read(ARGS_MEMBER).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{self.path}: {ARGS_MEMBER} is not UTF-8 text (byte {e.start}); "
+                            "build the bundle again") from None
         lines = text.split("\n")
+        if len(lines) > MAX_ARGS_LINES + 1:
+            raise UserError(f"{self.path}: {ARGS_MEMBER} has {len(lines)} lines, more than "
+                            f"{MAX_ARGS_LINES}; build the bundle again with fewer default "
+                            "arguments")
         if lines and lines[-1] == "":
             lines.pop()
         return lines
 
     def manifest(self):
+        """manifest.json as a dict (checked to hold a members table), or None if absent."""
         if not self.has(MANIFEST_MEMBER):
             return None
         try:
-            return json.loads(self.read(MANIFEST_MEMBER).decode("utf-8"))
-        except ValueError:
-            raise UserError(f"{self.path}: manifest.json is damaged; "
-                            "download or build the bundle again") from None
+            return bundle_verify.read_manifest(self.zip, self.path)
+        except bundle_verify.BundleDamaged as e:
+            raise UserError(str(e)) from None
 
-    def verify(self, progress=None):
-        """[(member, problem)] for every member whose SHA-256 differs from the manifest."""
-        manifest = self.manifest()
-        if manifest is None:
+    def verify(self):
+        """[(member, problem)] for every member that is damaged, missing or unlisted."""
+        if self.manifest() is None:
             return [(MANIFEST_MEMBER, "missing")]
-        expected = manifest.get("members", {})
-        problems = []
-        for name in sorted(set(expected) | set(self._infos)):
-            if name == MANIFEST_MEMBER:
-                continue
-            if name not in self._infos:
-                problems.append((name, "missing"))
-                continue
-            if name not in expected:
-                problems.append((name, "not in the manifest"))
-                continue
-            digest = hashlib.sha256()
-            try:
-                with self.zip.open(name) as member:
-                    while True:
-                        chunk = member.read(1 << 20)
-                        if not chunk:
-                            break
-                        digest.update(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                problems.append((name, f"unreadable ({e})"))
-                continue
-            if digest.hexdigest() != expected[name]:
-                problems.append((name, "sha256 mismatch"))
-            if progress:
-                progress(name)
-        return problems
+        return bundle_verify.problems(self.path, self.zip)[0]
 
 
 def merge_args(default_args, user_args):
@@ -157,15 +142,7 @@ def verify_bundle(path):
     """--verify: check every member against the manifest; one line per damaged member."""
     if not path:
         raise UserError("--verify checks a bundle; run it as ./MODEL.llamafile --verify")
-    bundle = Bundle(path)
-    problems = bundle.verify()
-    for name, problem in problems:
-        print(f"damaged: {name}: {problem}", file=sys.stderr)
-    if problems:
-        raise UserError(f"{path}: {len(problems)} damaged member(s); "
-                        "download or build the bundle again")
-    print(f"ok: {len(bundle.names())} members match manifest.json")
-    return 0
+    return bundle_verify.verify(path)
 
 
 def open_current(path, argv, zip_file=None):

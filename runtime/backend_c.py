@@ -80,7 +80,8 @@ class Tensor:
         self.owner = owner
 
     def __del__(self):
-        if self.pooled:
+        # getattr: a Ctrl-C inside __init__ leaves an instance with no fields yet
+        if getattr(self, "pooled", False):
             _pool.give(self.owner, max(1, self.rows * self.cols))
 
     @property
@@ -231,6 +232,10 @@ class CBackend(Backend):
 
     def embed(self, w, ids):
         n = w.shape[0]
+        n_rows = w.rows
+        for i in ids:
+            if not 0 <= i < n_rows:
+                raise ValueError(f"embed: token id {i} outside the {n_rows}-row {w.name}")
         out = Tensor(len(ids), n)
         ids_arr = (ctypes.c_int32 * len(ids))(*ids)
         self.lib.lz_embed(w.type, w.addr, n, ctypes.addressof(ids_arr), len(ids), out.addr)
@@ -279,16 +284,23 @@ class CBackend(Backend):
 
     def rmsnorm(self, x, w, eps):
         group = w.shape[0] if w is not None else x.cols
+        if x.cols % group or (w is not None and w.rows != 1):
+            raise ValueError(f"rmsnorm: {x.cols} columns do not split into {w.name} "
+                             f"of shape {list(w.shape)}")
         y = Tensor(x.rows, x.cols)
         wp = w.floats(self.lib) if w is not None else None
         self.lib.lz_rmsnorm(x.addr, y.addr, x.size, wp, group, eps)
         return y
 
     def add(self, x, y):
+        _same_size("add", x, y)
         self.lib.lz_add(x.addr, y.addr, x.size)
         return x
 
     def add_bias(self, x, b):
+        if b.shape[0] * b.rows != x.cols:
+            raise ValueError(f"add_bias: {b.name} has {b.shape[0] * b.rows} values "
+                             f"for {x.cols} columns")
         self.lib.lz_add_bias(x.addr, x.rows, x.cols, b.floats(self.lib))
         return x
 
@@ -319,6 +331,9 @@ class CBackend(Backend):
         return cs
 
     def rope(self, x, positions, n_heads, head_dim, rope):
+        _check_heads("rope", x, n_heads, head_dim, rope.n_rot)
+        if len(positions) != x.rows:
+            raise ValueError(f"rope: {len(positions)} positions for {x.rows} rows")
         cs = self._rope_cs(rope, positions)
         self.lib.lz_rope(x.addr, x.rows, x.cols, n_heads, head_dim, rope.n_rot,
                          1 if rope.neox else 0, cs)
@@ -334,7 +349,10 @@ class CBackend(Backend):
             if not 0 <= pos < cache.n_ctx or cache.kv_dim != caches[0].kv_dim \
                     or cache.n_ctx != caches[0].n_ctx:
                 raise ValueError(f"attention: position {pos} or cache shape out of range")
+        if len(positions) != n or len(caches) != n:
+            raise ValueError("attention: one position and one cache per row")
         first = caches[0]
+        _check_attention(q, k, v, first, layer, n_heads, n_kv_heads, head_dim)
         layer_off = layer * first.n_ctx * first.kv_dim     # in f16 elements
         k_bases = (ctypes.c_void_p * n)(*[c.k_addr for c in caches])
         v_bases = (ctypes.c_void_p * n)(*[c.v_addr for c in caches])
@@ -348,11 +366,40 @@ class CBackend(Backend):
         return out
 
     def swiglu(self, g, u):
+        _same_size("swiglu", g, u)
         y = Tensor(g.rows, g.cols)
         self.lib.lz_swiglu(g.addr, u.addr, y.addr, g.size)
         return y
 
     def geglu(self, g, u):
+        _same_size("geglu", g, u)
         y = Tensor(g.rows, g.cols)
         self.lib.lz_geglu(g.addr, u.addr, y.addr, g.size)
         return y
+
+
+# Shape checks before each call: the kernels take addresses and trust the sizes, so
+# these are what keeps a wrong shape an exception rather than a stray write. One
+# comparison or two per call, nothing per element.
+
+def _same_size(op, x, y):
+    if x.rows * x.cols != y.rows * y.cols:
+        raise ValueError(f"{op}: {x.rows}x{x.cols} against {y.rows}x{y.cols}")
+
+
+def _check_heads(op, x, n_heads, head_dim, n_rot):
+    if n_heads < 1 or head_dim < 1 or x.cols < n_heads * head_dim or not 0 <= n_rot <= head_dim \
+            or n_rot % 2:
+        raise ValueError(f"{op}: {n_heads} heads of {head_dim} (rotating {n_rot}) do not fit "
+                         f"{x.cols} columns")
+
+
+def _check_attention(q, k, v, cache, layer, n_heads, n_kv_heads, head_dim):
+    kv_dim = n_kv_heads * head_dim
+    if n_kv_heads < 1 or n_heads % n_kv_heads or not 1 <= head_dim <= 1024 \
+            or q.cols < n_heads * head_dim or k.cols < kv_dim or v.cols != k.cols \
+            or k.rows != q.rows or v.rows != q.rows or cache.kv_dim != kv_dim \
+            or not 0 <= layer < cache.n_layers:
+        raise ValueError(f"attention: q {q.rows}x{q.cols}, k {k.rows}x{k.cols}, v {v.rows}x"
+                         f"{v.cols}, {n_heads}/{n_kv_heads} heads of {head_dim}, cache of "
+                         f"{cache.kv_dim} wide and {cache.n_layers} layers, layer {layer}")

@@ -14,8 +14,18 @@ template is actually rendered, so plain completion never pays for it.
 
 import datetime
 import json
+import sys
+import time
 
 from runtime.errors import UserError
+
+# A template is code from the model file or the command line, so its rendering is
+# bounded: no value or output over MAX_RENDER_CHARS, no more than MAX_RENDER_SECONDS
+# and MAX_RENDER_GROWTH bytes of new memory. Real templates render a conversation in
+# milliseconds and its size in characters.
+MAX_RENDER_CHARS = 16 << 20
+MAX_RENDER_SECONDS = 10.0
+MAX_RENDER_GROWTH = 512 << 20
 
 # Gemma 3's own template folds a system message into the first user turn this way;
 # we do the same for templates that reject or drop the system role.
@@ -24,6 +34,66 @@ SYSTEM_FOLD_SEPARATOR = "\n\n"
 
 class TemplateRejected(UserError):
     """The template called raise_exception(): it does not accept this conversation."""
+
+
+class TemplateLimit(UserError):
+    """The template went past a rendering limit (size, time or memory)."""
+
+
+def _too_big(what, n):
+    raise TemplateLimit(f"the chat template makes {what} of {n} characters (the limit is "
+                        f"{MAX_RENDER_CHARS}); fix the template or pass another with "
+                        "--chat-template")
+
+
+def _rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _RenderGuard:
+    """A trace function that stops a render past the time or memory limit: checked
+    every 256 trace events, which a loop in a template produces as it runs."""
+
+    def __init__(self):
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        self.rss0 = _rss_bytes()
+        self.events = 0
+
+    def trace(self, frame, event, arg):
+        self.events += 1
+        if not self.events & 255:
+            if time.monotonic() > self.deadline:
+                raise TemplateLimit(f"the chat template ran for over {MAX_RENDER_SECONDS:g} s; "
+                                    "fix the template or pass another with --chat-template")
+            if _rss_bytes() - self.rss0 > MAX_RENDER_GROWTH:
+                raise TemplateLimit(f"the chat template used over {MAX_RENDER_GROWTH >> 20} MB "
+                                    "of memory; fix the template or pass another with "
+                                    "--chat-template")
+        return self.trace
+
+    def __enter__(self):
+        self.previous = sys.gettrace()
+        sys.settrace(self.trace)
+        return self
+
+    def __exit__(self, *exc):
+        sys.settrace(self.previous)
+        return False
+
+
+def _sized(value):
+    return isinstance(value, (str, list, tuple))
+
+
+def _check_args(args, kwargs):
+    """A count argument (center(300000000), ljust, zfill, repeat...) past the limit."""
+    for a in list(args) + list(kwargs.values()):
+        if type(a) is int and a > MAX_RENDER_CHARS:
+            _too_big("a value", a)
 
 
 def _raise_exception(message):
@@ -42,7 +112,10 @@ def _make_environment():
         import jinja2.ext
         import jinja2.nodes
         from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
+    except ImportError as e:
+        from runtime import archive
+        if archive.current() is not None:   # a bundle's own copy is missing: damage
+            raise UserError(f"chat templates need jinja2, and {e}") from None
         raise UserError("chat templates need jinja2, which this python lacks; install it "
                         "(pip install jinja2) or run a llamazip bundle, which carries "
                         "its own copy") from None
@@ -57,11 +130,68 @@ def _make_environment():
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
             return jinja2.nodes.Scope(body, lineno=lineno)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox, with every result that could be huge checked before it is
+        made: repetition, concatenation and powers, and calls with a huge count."""
+        intercepted_binops = frozenset(["*", "+", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if _sized(seq) and type(n) is int and len(seq) * n > MAX_RENDER_CHARS:
+                        _too_big("a repetition", len(seq) * n)
+            elif operator == "+" and _sized(left) and _sized(right):
+                if len(left) + len(right) > MAX_RENDER_CHARS:
+                    _too_big("a concatenation", len(left) + len(right))
+            elif operator == "**" and type(right) is int and abs(right) > 1024 \
+                    and type(left) in (int, float) and abs(left) > 1:
+                _too_big("a power", right)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's names)
+            _check_args(args, kwargs)
+            return super().call(__context, __obj, *args, **kwargs)
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
+                         extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    # filters are called directly, not through call(): the ones taking a width
+    for name in ("center", "indent", "wordwrap", "truncate", "batch", "slice"):
+        env.filters[name] = _bounded_filter(env.filters[name])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     return env
+
+
+def _bounded_filter(fn):
+    def bounded(*args, **kwargs):
+        _check_args(args[1:], kwargs)
+        return fn(*args, **kwargs)
+    # keep Jinja's pass_context / pass_environment markers
+    for attr in ("jinja_pass_arg",):
+        if hasattr(fn, attr):
+            setattr(bounded, attr, getattr(fn, attr))
+    return bounded
+
+
+def _bound_concatenation(template):
+    """`a ~ b` compiles to a call of str_join / markup_join from the template module's
+    own globals, which no sandbox hook sees; wrap them there."""
+    names = template.root_render_func.__globals__
+    for name in ("str_join", "markup_join"):
+        join = names.get(name)
+        if join is not None and not getattr(join, "bounded", False):
+            names[name] = _bounded_join(join)
+
+
+def _bounded_join(join):
+    def bounded(seq):
+        items = list(seq)
+        total = sum(len(x) for x in items if isinstance(x, str))
+        if total > MAX_RENDER_CHARS:
+            _too_big("a concatenation", total)
+        return join(items)
+    bounded.bounded = True
+    return bounded
 
 
 class ChatTemplate:
@@ -79,6 +209,7 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as e:
             raise UserError(f"the chat template has a syntax error at line {e.lineno}: "
                             f"{e.message}") from None
+        _bound_concatenation(self.template)
         self._system_supported = None
 
     def _render_raw(self, messages, add_generation_prompt, context=None):
@@ -88,7 +219,11 @@ class ChatTemplate:
                          bos_token=self.bos_token, eos_token=self.eos_token,
                          strftime_now=lambda fmt: self.now().strftime(fmt))
         try:
-            return self.template.render(**variables)
+            with _RenderGuard():
+                text = self.template.render(**variables)
+            if len(text) > MAX_RENDER_CHARS:
+                _too_big("a prompt", len(text))
+            return text
         except UserError:
             raise
         except jinja2.TemplateError as e:

@@ -4,6 +4,7 @@ completion, the token ids, the perplexity line); everything else goes to stderr.
 """
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -16,6 +17,18 @@ from runtime.errors import UserError, exit_code_of
 MAX_CONTEXT = 1 << 24
 # --perplexity scores tokens n_ctx/2+1 .. n_ctx-1 of each window: at least one.
 MIN_PERPLEXITY_CONTEXT = 3
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _drop_stdout():
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    sys.stdout = open(os.devnull, "w")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -286,10 +299,15 @@ def read_prompt(args):
 
 def session_for(args, gguf, n_ctx=None):
     """The loader's Session for these flags; `n_ctx` overrides -c (perplexity, bench)."""
+    from runtime.faults import exit_cleanly_on_sigbus
     from runtime.loader import load_session
-    return load_session(gguf, backend=args.backend, threads=args.threads,
-                        n_ctx=args.ctx_size if n_ctx is None else n_ctx,
-                        batch_size=args.batch_size, verbose=args.verbose)
+    session = load_session(gguf, backend=args.backend, threads=args.threads,
+                           n_ctx=args.ctx_size if n_ctx is None else n_ctx,
+                           batch_size=args.batch_size, verbose=args.verbose)
+    lib = getattr(session.model.backend, "lib", None)
+    if lib is not None:   # a command line has nothing to save: one line and exit 2
+        exit_cleanly_on_sigbus(lib, gguf.source)
+    return session
 
 
 def print_timings(session):
@@ -531,10 +549,21 @@ def run(argv=None, bundle=None):
 
 def main(argv=None, bundle=None):
     try:
-        return exit_code_of(run, argv, bundle)
+        code = exit_code_of(run, argv, bundle)
+        sys.stdout.flush()
+        return code
     except BrokenPipeError:
         # The reader went away (`| head`): not an error worth a traceback.
         try:
             sys.stdout = None
         finally:
             return 0
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        # stdout on a full disk (/dev/full) or a dead device: say so once, and drop
+        # stdout so that Python's own flush at exit does not print it again
+        _drop_stdout()
+        print(f"error: cannot write the output: {e.strerror}; free some space or send "
+              "the output elsewhere", file=sys.stderr)
+        return 2

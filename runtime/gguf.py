@@ -26,6 +26,16 @@ _SCALAR = {
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
+# Limits on what a header may declare, so that a damaged or hostile file costs a
+# clear error instead of a deep recursion, a huge allocation or a wrapped size.
+MAX_ARRAY_DEPTH = 2          # an array of arrays is as deep as real files go
+MAX_DIMS = 4
+MAX_DIM = 1 << 40            # elements along one dimension
+MAX_ELEMENTS = 1 << 48       # elements in one tensor
+MAX_ALIGNMENT = 1 << 24
+# Smallest encoding of one element of each kind: what a count must leave room for.
+_MIN_ITEM_BYTES = {STRING: 8, ARRAY: 12}
+
 
 class TensorInfo:
     __slots__ = ("name", "shape", "type", "offset", "nbytes")
@@ -81,19 +91,29 @@ class _Cursor:
         self.pos += n
         return _decode(raw)
 
-    def value(self, vtype, key):
+    def value(self, vtype, key, depth=0):
         if vtype in _SCALAR:
             return self.scalar(_SCALAR[vtype])
         if vtype == STRING:
             return self.string()
         if vtype == ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise UserError(f"{self.source}: metadata key {key!r} nests arrays deeper than "
+                                f"{MAX_ARRAY_DEPTH}; the file is damaged")
             etype = self.scalar(_U32)
             count = self.scalar(_U64)
-            return self.array(etype, count, key)
+            return self.array(etype, count, key, depth + 1)
         raise UserError(f"{self.source}: metadata key {key!r} has unknown value type {vtype}; "
                         "the file is damaged or from a newer GGUF version")
 
-    def array(self, etype, count, key):
+    def array(self, etype, count, key, depth=1):
+        item = _SCALAR[etype].size if etype in _SCALAR else _MIN_ITEM_BYTES.get(etype)
+        if item is None:
+            raise UserError(f"{self.source}: metadata key {key!r} is an array of unknown "
+                            f"type {etype}; the file is damaged or from a newer GGUF version")
+        if count * item > len(self.buf) - self.pos:
+            raise UserError(f"{self.source}: metadata key {key!r} declares {count} values, "
+                            "more than the rest of the file holds; the file is truncated or damaged")
         if etype in _SCALAR:
             st = _SCALAR[etype]
             n = st.size * count
@@ -120,7 +140,7 @@ class _Cursor:
                 pos += n
             self.pos = pos
             return out
-        return [self.value(etype, key) for _ in range(count)]
+        return [self.value(etype, key, depth) for _ in range(count)]
 
 
 class GGUFFile:
@@ -147,25 +167,29 @@ class GGUFFile:
                             "(only 2 and 3); convert the model with a current llama.cpp")
         n_tensors = cur.scalar(_U64)
         n_kv = cur.scalar(_U64)
-        if n_tensors > len(self.buf) or n_kv > len(self.buf):
-            raise UserError(f"{source}: implausible GGUF counts; the file is damaged")
+        # smallest entries: a key/value is 8 + 1 + 4 bytes, a tensor entry 8 + 4 + 4 + 8
+        if n_kv * 13 > len(self.buf) or n_tensors * 24 > len(self.buf):
+            raise UserError(f"{source}: the header declares {n_kv} metadata keys and "
+                            f"{n_tensors} tensors, more than its {len(self.buf)} bytes hold; "
+                            "the file is truncated or damaged, download it again")
 
         self.metadata = {}
         for _ in range(n_kv):
             key = cur.string()
             vtype = cur.scalar(_U32)
+            if key in self.metadata:
+                raise UserError(f"{source}: metadata key {key!r} appears twice; "
+                                "the file is damaged")
             self.metadata[key] = cur.value(vtype, key)
 
-        self.alignment = int(self.metadata.get("general.alignment", 32))
-        if self.alignment <= 0 or self.alignment & (self.alignment - 1):
-            raise UserError(f"{source}: general.alignment {self.alignment} is not a power of two")
-
+        self.alignment = self._alignment()
         raw_infos = []
         for _ in range(n_tensors):
             name = cur.string()
             n_dims = cur.scalar(_U32)
-            if n_dims > 4:
-                raise UserError(f"{source}: tensor {name!r} has {n_dims} dimensions (at most 4)")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise UserError(f"{source}: tensor {name!r} has {n_dims} dimensions "
+                                f"(1 to {MAX_DIMS}); the file is damaged")
             shape = tuple(cur.scalar(_U64) for _ in range(n_dims))
             type_id = cur.scalar(_U32)
             rel = cur.scalar(_U64)
@@ -175,17 +199,51 @@ class GGUFFile:
         self.data_offset = cur.pos + pad
         self.tensors = {}
         for name, shape, type_id, rel in raw_infos:
-            nbytes = None
-            if type_id in ggml_types.TYPES:
-                _, block, size = ggml_types.TYPES[type_id]
-                n = 1
-                for d in shape:
-                    n *= d
-                if shape and shape[0] % block:
-                    raise UserError(f"{source}: tensor {name!r} row of {shape[0]} is not a "
-                                    f"multiple of the {ggml_types.type_name(type_id)} block")
-                nbytes = n // block * size
-            self.tensors[name] = TensorInfo(name, shape, type_id, self.data_offset + rel, nbytes)
+            if name in self.tensors:
+                raise UserError(f"{source}: tensor {name!r} appears twice; the file is damaged")
+            self.tensors[name] = self._tensor_info(name, shape, type_id, rel)
+
+    def _alignment(self):
+        """general.alignment: a power of two (32 when absent), as an int."""
+        value = self.metadata.get("general.alignment", 32)
+        if type(value) is not int or value <= 0 or value > MAX_ALIGNMENT \
+                or value & (value - 1):
+            raise UserError(f"{self.source}: general.alignment {value!r} is not a power of "
+                            f"two up to {MAX_ALIGNMENT}; the file is damaged")
+        return value
+
+    def _tensor_info(self, name, shape, type_id, rel):
+        """TensorInfo after checking the shape and that the bytes lie inside the buffer.
+
+        Python integers do not wrap, so the products and sums below are exact; the
+        limits keep every figure that reaches the C kernels well inside int64.
+        """
+        source = self.source
+        n = 1
+        for d in shape:
+            if not 1 <= d <= MAX_DIM:
+                raise UserError(f"{source}: tensor {name!r} has shape {list(shape)}; every "
+                                f"dimension must be 1 to {MAX_DIM}. The file is damaged")
+            n *= d
+        if n > MAX_ELEMENTS:
+            raise UserError(f"{source}: tensor {name!r} has {n} elements, more than any "
+                            "model holds; the file is damaged")
+        if rel % self.alignment:
+            raise UserError(f"{source}: tensor {name!r} starts at offset {rel}, not a multiple "
+                            f"of the alignment {self.alignment}; the file is damaged")
+        nbytes = None
+        if type_id in ggml_types.TYPES:
+            _, block, size = ggml_types.TYPES[type_id]
+            if shape[0] % block:
+                raise UserError(f"{source}: tensor {name!r} row of {shape[0]} is not a "
+                                f"multiple of the {ggml_types.type_name(type_id)} block")
+            nbytes = n // block * size
+            end = self.data_offset + rel + nbytes
+            if end > len(self.buf):
+                raise UserError(f"{source}: tensor {name!r} ends at byte {end} but the file "
+                                f"has {len(self.buf)}; the file is truncated or damaged, "
+                                "download it again")
+        return TensorInfo(name, shape, type_id, self.data_offset + rel, nbytes)
 
     @classmethod
     def open(cls, path, offset=0, length=None):

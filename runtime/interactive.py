@@ -116,6 +116,8 @@ def one_turn(turns, text, out=None):
     turns.answer(text, write)
     out.write("\n")
     out.flush()
+    if turns.last_finish == "interrupted":   # Ctrl-C: a cut answer is not a success (130)
+        raise KeyboardInterrupt
 
 
 class _Interrupt:

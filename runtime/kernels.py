@@ -22,14 +22,19 @@ Where the library bytes come from (`library_bytes(arch, variant)`):
 How it is loaded (`load()`): a library that is a plain file in the development tree
 is opened in place. Bytes from a bundle go into an anonymous memory file
 (os.memfd_create) opened as /proc/self/fd/N, so nothing is written to disk; where
-that is unavailable they are written once to ~/.cache/llamazip/<version>/kernels/
-(atomically: temporary file, then rename) and opened from there.
+that is unavailable they are written once to a per-user cache,
+~/.cache/llamazip/<version>/kernels/<arch>/ (0700; a new O_EXCL|O_NOFOLLOW temporary
+file, then rename), checked against the library's SHA-256 at every load.
 """
 
 import ctypes
 import hashlib
 import os
 import platform
+import secrets
+import shutil
+import stat
+import tempfile
 
 from runtime import __version__
 from runtime.errors import UserError
@@ -179,7 +184,10 @@ def library_bytes(arch, variant):
         member = f"kernels/{arch}/{variant}.so"
         try:
             return loader.get_data(os.path.join(loader.archive, member)), None
-        except OSError:
+        except OSError as e:   # missing (a lesser variant may do), or damaged (stop)
+            if "damaged" in str(e):
+                raise UserError(f"{e}; run the bundle with --verify, then download or "
+                                "build it again") from None
             raise FileNotFoundError(f"the bundle has no {member}") from None
     path = dev_library_path(arch, variant)
     if not os.path.exists(path):
@@ -205,17 +213,107 @@ def _open_bytes(data, arch, variant):
                 pass
             finally:
                 os.close(fd)  # the loaded mapping keeps the file alive
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    cache = os.environ.get("LLAMAZIP_CACHE", os.path.expanduser("~/.cache/llamazip"))
-    folder = os.path.join(cache, __version__, "kernels", arch)
-    path = os.path.join(folder, f"{variant}-{digest}.so")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    return ctypes.CDLL(path), path
+    return _open_cached(data, arch, variant)
+
+
+def cache_folder(arch):
+    """This user's kernel cache for `arch`: LLAMAZIP_CACHE or ~/.cache/llamazip, then
+    <version>/kernels/<arch>, every level we create made 0700."""
+    root = os.environ.get("LLAMAZIP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llamazip")
+    return os.path.join(root, __version__, "kernels", arch)
+
+
+def _private_folder(folder):
+    """Make `folder` (mode 0700) and check that it is a real directory of ours that no
+    one else can write: only then may a library in it be trusted between our write
+    and our load. Returns whether it is."""
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        return False
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(folder, 0o700)
+        except OSError:
+            return False
+    return True
+
+
+def _read_verified(path, digest):
+    """An fd open on `path` (not through a symlink) whose bytes hash to `digest`, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    except OSError:
+        os.close(fd)
+        return None
+    if h.hexdigest() != digest:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_atomic(folder, name, data):
+    """Write `data` to folder/name: a new temporary file (O_EXCL, O_NOFOLLOW, 0600, so
+    nothing planted under its name is followed or reused), then a rename over name."""
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, os.path.join(folder, name))
+
+
+def _open_cached(data, arch, variant):
+    """dlopen `data` through the per-user disk cache (where memfd is unavailable).
+
+    The cached file is named by the library's hash and checked against the full hash
+    on every load (anything else under that name is replaced); the library loaded is
+    the very file that was checked (through /proc/self/fd where there is one).
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    folder = cache_folder(arch)
+    ephemeral = not _private_folder(folder)
+    if ephemeral:
+        # not ours or not private: a fresh private folder, removed once loaded
+        folder = tempfile.mkdtemp(prefix="llamazip-kernels-")
+    name = f"{variant}-{digest[:16]}.so"
+    path = os.path.join(folder, name)
+    fd = _read_verified(path, digest)
+    if fd is None:
+        _write_atomic(folder, name, data)
+        fd = _read_verified(path, digest)
+        if fd is None:
+            raise UserError(f"the kernel cache {folder} changed while writing {name}; "
+                            "remove it and run again")
+    try:
+        proc_path = f"/proc/self/fd/{fd}"
+        lib = ctypes.CDLL(proc_path if os.path.exists(proc_path) else path)
+    finally:
+        os.close(fd)
+        if ephemeral:
+            shutil.rmtree(folder, ignore_errors=True)   # the loaded map outlives the file
+    return lib, path
 
 
 # ---------------------------------------------------------------- the ABI

@@ -45,6 +45,19 @@ def open_gguf(model_path=None, model_region=None):
     return GGUFFile.open(model_path)
 
 
+def check_model(gguf):
+    """Every check the runtime makes before it computes (runtime/validate.py), without
+    loading a backend: for build.py, which must refuse what a run would refuse.
+    Returns the Config."""
+    from runtime import validate
+    from runtime.model import Config
+    from runtime.tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_gguf(gguf)
+    config = Config(gguf)
+    validate.check_tensor_shapes(gguf, config, tokenizer.n_vocab)
+    return config
+
+
 def load_backend(name, n_threads):
     """The C kernels when they load here; the NumPy oracle as the fallback."""
     reason = "not tried (--backend numpy)"

@@ -10,6 +10,7 @@ own, counted in RssFile and never copied into the process.
 import ctypes
 import mmap
 import os
+import stat
 
 from runtime.errors import UserError
 
@@ -35,11 +36,17 @@ class FileRegion:
 
     def __init__(self, path, offset=0, length=None):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise UserError(f"cannot open {path}: {e.strerror}; check the path") from None
         try:
-            file_size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else \
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+                raise UserError(f"{path} is {kind}; pass a .gguf model file")
+            file_size = st.st_size
             if length is None:
                 length = file_size - offset
             if offset < 0 or length < 0 or offset + length > file_size:

@@ -22,7 +22,7 @@ and src/models/*.cpp), since llama.cpp is what we match token for token:
 import copy
 import math
 
-from runtime import ggml_types
+from runtime import ggml_types, validate
 from runtime.rope import RopeParams
 from runtime.errors import UserError
 
@@ -41,6 +41,7 @@ class Config:
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UserError(f"{gguf.source}: unsupported model architecture {arch!r}; "
                             f"llamazip runs: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        validate.check_hyperparameters(gguf)   # types and ranges of what we read below
         key = gguf.arch_key
         self.arch = arch
         try:
@@ -135,7 +136,8 @@ class Model:
         self.config = cfg = Config(gguf)
         self.backend = backend
         self.gguf = gguf
-        gguf.check_tensors()
+        tokens = gguf.get("tokenizer.ggml.tokens")
+        validate.check_tensor_shapes(gguf, cfg, len(tokens) if tokens else cfg.vocab_size)
 
         def load(name):
             if name not in gguf.tensors:

@@ -18,8 +18,10 @@ the goal is the same ids, not the "right" ones.
 """
 
 import codecs
+import collections
 import heapq
 
+from runtime import validate
 from runtime.errors import UserError
 from runtime.pretokenize import PRE_TOKENIZERS, PreTokenizer
 
@@ -134,10 +136,44 @@ def _merge_adjacent(symbols, priority):
         try_pair(left, nxt[left])
     return [s for s in symbols if s]
 
+class WordCache:
+    """Word -> token ids for words seen before: a bounded LRU.
+
+    Text repeats its words, so a cache saves most merge work; but a server tokenizes
+    whatever it is sent, so the cache must not grow with it. Only words up to
+    MAX_WORD_CHARS are kept (a long word is rare, and would be most of the memory),
+    and at most MAX_WORDS of them, the least recently used leaving first: at most a
+    few MB whatever the input.
+    """
+
+    MAX_WORDS = 16384
+    MAX_WORD_CHARS = 64
+
+    def __init__(self):
+        self._words = collections.OrderedDict()
+
+    def __len__(self):
+        return len(self._words)
+
+    def get(self, word):
+        ids = self._words.get(word)
+        if ids is not None:
+            self._words.move_to_end(word)
+        return ids
+
+    def put(self, word, ids):
+        if len(word) > self.MAX_WORD_CHARS:
+            return
+        self._words[word] = ids
+        if len(self._words) > self.MAX_WORDS:
+            self._words.popitem(last=False)
+
+
 class Tokenizer:
     """llama.cpp-compatible tokenizer built from GGUF metadata."""
 
     def __init__(self, metadata):
+        validate.check_tokenizer(metadata)
         model = metadata.get("tokenizer.ggml.model")
         tokens = metadata.get("tokenizer.ggml.tokens")
         if tokens is None:
@@ -192,7 +228,10 @@ class Tokenizer:
 
         def special_id(key, default):
             value = metadata.get(f"tokenizer.ggml.{key}_token_id")
-            return value if value is not None and 0 <= value < n else default
+            if value is not None and 0 <= value < n:
+                return value
+            # llama.cpp's defaults, unless the vocabulary is too small to hold them
+            return default if default is not None and default < n else None
 
         self.bos_id = special_id("bos", self.bos_id)
         self.eos_id = special_id("eos", self.eos_id)
@@ -231,7 +270,7 @@ class Tokenizer:
             # reverse so that of duplicate rules the first rank wins, as there.
             merges = metadata.get("tokenizer.ggml.merges") or []
             self.bpe_ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
-        self._word_cache = {}
+        self._word_cache = WordCache()
         self._pieces = [None] * n
 
     @classmethod
@@ -430,8 +469,7 @@ class Tokenizer:
         ids = self._word_cache.get(word)
         if ids is None:
             ids = self._spm_merge(word)
-            if len(self._word_cache) < 200_000:
-                self._word_cache[word] = ids
+            self._word_cache.put(word, ids)
         return ids
 
     def _spm_merge(self, text):
@@ -475,8 +513,7 @@ class Tokenizer:
                         token_id = token_to_id.get(_raw_byte_text(b))
                         if token_id is not None:
                             ids.append(token_id)
-        if len(self._word_cache) < 200_000:
-            self._word_cache[word] = ids
+        self._word_cache.put(word, ids)
         return ids
 
     def _bpe_merge(self, spelled):

@@ -286,30 +286,47 @@ def test_model_from_zip_or_llamafile(kind, spm_model, spm_bundle, tmp_path):
 # --- > 4 GiB ---------------------------------------------------------------------
 
 def _write_sparse_big_gguf(path, n_bytes):
-    """A GGUF whose one F32 tensor makes the file n_bytes long; the data is a hole."""
+    """A complete llama (one layer of one 32-wide head, an SPM vocabulary) whose F32
+    token embedding makes the file about n_bytes long; all weights are a hole. It has
+    to be complete: build.py refuses what the runtime could not run."""
     import gguf
     import numpy as np
-    cols = 4096
-    rows = -(-n_bytes // (4 * cols))
+    dim, head, ffn = 4096, 32, 32
+    n_vocab = -(-n_bytes // (4 * dim))
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(1)
-    w.add_embedding_length(cols)
-    w.add_feed_forward_length(cols)
-    w.add_head_count(32)
+    w.add_embedding_length(dim)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_key_length(head)
+    w.add_value_length(head)
+    w.add_rope_dimension_count(head)
     w.add_context_length(256)
-    w.add_tensor_info("token_embd.weight", (rows, cols), np.float32, rows * cols * 4)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(n_vocab - 3)])
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types([2, 3, 3] + [1] * (n_vocab - 3))
+    shapes = [("token_embd.weight", (n_vocab, dim)), ("output_norm.weight", (dim,)),
+              ("blk.0.attn_norm.weight", (dim,)), ("blk.0.ffn_norm.weight", (dim,)),
+              ("blk.0.attn_q.weight", (head, dim)), ("blk.0.attn_k.weight", (head, dim)),
+              ("blk.0.attn_v.weight", (head, dim)), ("blk.0.attn_output.weight", (dim, head)),
+              ("blk.0.ffn_gate.weight", (ffn, dim)), ("blk.0.ffn_up.weight", (ffn, dim)),
+              ("blk.0.ffn_down.weight", (dim, ffn))]
+    data_bytes = 0
+    for name, shape in shapes:
+        nbytes = 4 * int(np.prod(shape))
+        w.add_tensor_info(name, shape, np.float32, nbytes)
+        data_bytes += nbytes              # every size is a multiple of the alignment
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     w.close()
-    from runtime.gguf import GGUFFile
-    with open(path, "rb") as f:
-        head = f.read()
-    header = GGUFFile(head + bytes(64), source="head")  # parse offsets from the header
-    t = header.tensors["token_embd.weight"]
+    header = os.path.getsize(path)
+    total = header + (-header % 32) + data_bytes
     with open(path, "r+b") as f:
-        f.truncate(t.offset + t.nbytes)
-    return t.offset + t.nbytes
+        f.truncate(total)
+    return total
 
 
 def test_model_over_4_gib_is_zip64_and_mapped_in_place(tmp_path):
@@ -323,8 +340,8 @@ def test_model_over_4_gib_is_zip64_and_mapped_in_place(tmp_path):
     path, offset, length = bundle.model_region()
     assert offset % 65536 == 0 and length == total
     gguf = GGUFFile.open(path, offset, length)
-    assert gguf.tensors["token_embd.weight"].offset + gguf.tensors["token_embd.weight"].nbytes \
-        == length
+    last = max(gguf.tensors.values(), key=lambda t: t.offset)
+    assert last.offset + last.nbytes == length
     assert bundle.default_args() == ["-n", "1"]
     with zipfile.ZipFile(out) as zf:
         assert zf.getinfo("manifest.json").header_offset > 1 << 32  # ZIP64 offsets
