@@ -9,7 +9,6 @@ manifest.json, kernels) are read whole.
 """
 
 import struct
-import sys
 import zipfile
 
 from runtime import bundle_verify
