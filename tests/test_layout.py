@@ -86,3 +86,20 @@ def test_thread_default_follows_the_affinity_mask():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
+
+
+def test_default_path_needs_neither_numpy_nor_sentencepiece():
+    """The run side works on a bare python3 (riscv64 has no wheels for either): with
+    both made unimportable, a greedy run on the C kernels prints the same text."""
+    import subprocess
+    from tests.models import smollm2
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["-m", smollm2(), "-p", "Once upon a time,", "-n", "8", "--temp", "0"]
+    blocked = ("import sys; sys.modules['numpy'] = None; sys.modules['sentencepiece'] = None; "
+               "from runtime.cli import main; sys.exit(main(sys.argv[1:]))")
+    bare = subprocess.run([sys.executable, "-c", blocked] + args, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    plain = subprocess.run([sys.executable, "-m", "runtime"] + args, cwd=root,
+                           capture_output=True, text=True, timeout=600)
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout == plain.stdout and bare.stdout.strip()
