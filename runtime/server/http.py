@@ -140,19 +140,8 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def send_json(self, status, obj, extra_headers=()):
-        body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in extra_headers:
-            self.send_header(k, v)
-        self._cors_headers()
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.app.metrics.count_request(status)
+        self.send_text(status, json.dumps(obj, ensure_ascii=False),
+                       "application/json; charset=utf-8", extra_headers)
 
     def send_text(self, status, text, content_type, extra_headers=()):
         body = text if isinstance(text, bytes) else text.encode("utf-8")
