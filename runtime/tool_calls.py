@@ -26,6 +26,8 @@ import random
 import re
 import string
 
+from runtime.sampling import partial_stop_suffix    # text that may begin a marker
+
 FORMATS = ("content", "generic", "hermes", "llama3", "mistral_nemo")
 REASONING_FORMATS = ("none", "deepseek", "auto")
 
@@ -274,17 +276,6 @@ def scan_json(text, start=0):
         return (None if cut.value is _NONE else cut.value), len(text), False, scan
 
 
-def _held_back(text, marks):
-    """How many characters at the end of `text` could be the start of a marker."""
-    best = 0
-    for m in marks:
-        for n in range(min(len(m) - 1, len(text)), 0, -1):
-            if text.endswith(m[:n]):
-                best = max(best, n)
-                break
-    return best
-
-
 def _call_from(scan, obj, path, complete, args_keys=("arguments", "parameters"),
                wait_for_id=False):
     """A ToolCall from a parsed call object, or None while its name (or, with
@@ -355,7 +346,7 @@ class OutputParser:
         if end < 0:
             thought = text
             if partial:
-                thought = thought[:len(thought) - _held_back(thought, [THINK_CLOSE])].rstrip()
+                thought = thought[:len(thought) - partial_stop_suffix(thought, [THINK_CLOSE])].rstrip()
             msg.reasoning_content = thought.strip()
             return None
         msg.reasoning_content = text[:end].strip()
@@ -366,7 +357,7 @@ class OutputParser:
     @staticmethod
     def _content(msg, text, partial, marks=()):
         if partial:
-            text = text[:len(text) - _held_back(text, marks)].rstrip()
+            text = text[:len(text) - partial_stop_suffix(text, marks)].rstrip()
         msg.content += text
 
     def _parse_content(self, text, partial, msg):
