@@ -24,7 +24,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.join(HERE, "build")
 
-COMMON = ["api.c", "threads.c", "quants.c", "matmul.c", "ops.c", "busfault.c", "guard.c"]
+COMMON = ["api.c", "threads.c", "quants.c", "matmul.c", "ops.c", "sigbus.c"]
 HEADERS = ["quants.h", "ops.h", "threads.h", "tiles.h"]
 
 # arch -> (glibc target for the .so, musl target for static test drivers)

@@ -299,14 +299,12 @@ def read_prompt(args):
 
 def session_for(args, gguf, n_ctx=None):
     """The loader's Session for these flags; `n_ctx` overrides -c (perplexity, bench)."""
-    from runtime.faults import exit_cleanly_on_sigbus
+    from runtime.faults import ModelGuard
     from runtime.loader import load_session
     session = load_session(gguf, backend=args.backend, threads=args.threads,
                            n_ctx=args.ctx_size if n_ctx is None else n_ctx,
                            batch_size=args.batch_size, verbose=args.verbose)
-    lib = getattr(session.model.backend, "lib", None)
-    if lib is not None:   # a command line has nothing to save: one line and exit 2
-        exit_cleanly_on_sigbus(lib, gguf.source)
+    ModelGuard(getattr(session.model.backend, "lib", None), gguf, exit_on_fault=True)
     return session
 
 

@@ -406,7 +406,7 @@ def test_sigint_during_chat_exits_130(spm_model):
 
 def test_model_truncated_while_running(tmp_path):
     """The mapped file shrinks under a running generation: SIGBUS becomes one line
-    and exit 2 (kernels/guard.c, runtime/faults.py), not a crash."""
+    and exit 2 (kernels/sigbus.c, runtime/faults.py), not a crash."""
     import shutil
     model = tmp_path / "smol.gguf"
     shutil.copyfile(smollm2(), model)

@@ -9,7 +9,7 @@ from runtime.errors import UserError
 from runtime.server.engine import Engine
 from runtime.server.errors import ApiError
 from runtime.server.metrics import Metrics
-from runtime.server.model_guard import ModelGuard
+from runtime.faults import ModelGuard
 
 
 class App:
@@ -25,7 +25,7 @@ class App:
         self.model_name = "model"
         self.metrics = Metrics()
         self.load_error = None
-        self.guard = None           # the model file's SIGBUS guard (model_guard.py)
+        self.guard = None           # the model file's SIGBUS guard (runtime/faults.py)
         self.listener = None        # the serving core (connections.py), for /metrics
         self.draining = False       # SIGTERM: finishing the requests in flight, taking no new ones
         self.chat_error = None
@@ -52,8 +52,7 @@ class App:
         loaded = load_session(gguf, backend=args.backend, threads=args.threads,
                               n_ctx=args.ctx_size, batch_size=self.batch_size)
         model, tokenizer = loaded.model, loaded.tokenizer
-        self.guard = ModelGuard(getattr(model.backend, "lib", None), getattr(gguf, "_region", None),
-                                gguf.source)
+        self.guard = ModelGuard(getattr(model.backend, "lib", None), gguf, exit_on_fault=False)
         try:
             self.chat_format = load_chat_format(gguf, args.chat_template_file or args.chat_template)
         except UserError as e:
