@@ -294,8 +294,8 @@ class ChatRequest:
                              self.parallel)
         # Prefill / continue_final_message, chat_template_kwargs, enable_thinking and the
         # dates templates read, as llama-server renders them.
-        prompt = params.ChatPrompt(app, body, self.tools if self.tools and caps.tools else None,
-                                   messages=rendered)
+        prompt = params.ChatPrompt(app, body, rendered,
+                                   self.tools if self.tools and caps.tools else None)
         conversation = Conversation(app.chat_format, tokenizer)
         conversation.messages = rendered
         self.prompt_text = prompt.text(app.chat_format)

@@ -129,47 +129,14 @@ MAX_PROMPTS = 64
 MAX_CHOICES = 16
 
 
-def chat_messages(body, param="messages"):
-    """The messages array checked as llama-server checks it; content parts joined."""
-    messages = body.get(param)
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, f"'{param}' must be a non-empty array", param=param)
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object", param=param)
-        role = m.get("role")
-        if role == "developer":
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}].role must be system, user or assistant",
-                           param=param)
-        content = m.get("content")
-        if content is None and role == "assistant":
-            content = ""
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if not (isinstance(part, dict) and part.get("type") == "text"
-                        and isinstance(part.get("text"), str)):
-                    raise ApiError(400, f"messages[{i}].content: only text parts are "
-                                        "supported", param=param)
-                parts.append(part["text"])
-            content = "\n\n".join(parts)     # as llama.cpp joins text parts
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string", param=param)
-        clean.append({"role": role, "content": content})
-    return clean
-
-
 class ChatPrompt:
     """What a chat request renders: the messages, whether the model's turn is opened
     (add_generation_prompt) or the last assistant message continued (prefill /
     continue_final_message), the template's extra variables (tools,
     chat_template_kwargs, enable_thinking)."""
 
-    def __init__(self, app, body, tools=None, messages=None):
-        self.messages = messages if messages is not None else chat_messages(body)
+    def __init__(self, app, body, messages, tools=None):
+        self.messages = messages        # checked and normalised by chat.ChatRequest
         add_gen = field(body, "add_generation_prompt", bool, None)
         cont = field(body, "continue_final_message", bool, None)
         last_is_assistant = bool(self.messages) and self.messages[-1]["role"] == "assistant"
