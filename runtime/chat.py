@@ -54,16 +54,24 @@ def _rss_bytes():
         return 0
 
 
+# Jinja compiles a template from a string into code with this file name.
+TEMPLATE_FILENAME = "<template>"
+
+
 class _RenderGuard:
-    """A trace function that stops a render past the time or memory limit: checked
-    every 256 trace events, which a loop in a template produces as it runs."""
+    """A trace function that stops a render past the time or memory limit, checked
+    every 256 trace events. Only the template's own code is traced line by line (a
+    loop in a template produces line events as it runs); Jinja's and Python's library
+    frames are seen as calls only, which keeps the guard's cost near a tenth of
+    tracing every line (measured: 20.5 ms vs 2.6 ms unguarded over nine real templates
+    before, see the commit)."""
 
     def __init__(self):
         self.deadline = time.monotonic() + MAX_RENDER_SECONDS
         self.rss0 = _rss_bytes()
         self.events = 0
 
-    def trace(self, frame, event, arg):
+    def _tick(self):
         self.events += 1
         if not self.events & 255:
             if time.monotonic() > self.deadline:
@@ -73,7 +81,15 @@ class _RenderGuard:
                 raise TemplateLimit(f"the chat template used over {MAX_RENDER_GROWTH >> 20} MB "
                                     "of memory; fix the template or pass another with "
                                     "--chat-template")
-        return self.trace
+
+    def trace(self, frame, event, arg):
+        # The global trace function: called as each frame starts.
+        self._tick()
+        return self.trace_lines if frame.f_code.co_filename == TEMPLATE_FILENAME else None
+
+    def trace_lines(self, frame, event, arg):
+        self._tick()
+        return self.trace_lines
 
     def __enter__(self):
         self.previous = sys.gettrace()
