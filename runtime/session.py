@@ -85,10 +85,11 @@ class Session:
             self.tokens = self.tokens[:n]
             self.last_logits = None
 
-    def eval(self, new_tokens, all_logits=False):
+    def eval(self, new_tokens, all_logits=False, on_chunk=None):
         """Append `new_tokens` to the cache; return the last row of logits (the
         backend's logits_row: indexable, with a fast top(k)),
-        or, when `all_logits`, every row as backend activations."""
+        or, when `all_logits`, every row as backend activations.
+        `on_chunk()` is called after each batch is in the cache."""
         if len(self.tokens) + len(new_tokens) > self.n_ctx:
             raise UserError(f"{len(self.tokens) + len(new_tokens)} tokens do not fit in the "
                             f"context of {self.n_ctx}; raise -c or shorten the prompt")
@@ -102,12 +103,17 @@ class Session:
         for chunk in prompt_chunks(new_tokens, self.batch_size):
             last = self.model.forward(chunk, len(self.tokens), last_only=True)
             self.tokens.extend(chunk)
+            if on_chunk is not None:
+                on_chunk()
         if last is not None:
             self.last_logits = self.model.backend.logits_row(last, 0)
         return self.last_logits
 
-    def prefill(self, prompt_tokens):
-        """Make the cache hold exactly `prompt_tokens`, computing only what is new."""
+    def prefill(self, prompt_tokens, on_progress=None):
+        """Make the cache hold exactly `prompt_tokens`, computing only what is new.
+        `on_progress(total, cached, processed)` is called before the first batch
+        (processed == cached) and after each one (llama-server's prompt_progress);
+        self.timings counts the prompt so far when it is called."""
         if not prompt_tokens:
             raise UserError("the prompt is empty; give some text with -p or -f")
         if len(prompt_tokens) > self.n_ctx:
@@ -123,16 +129,24 @@ class Session:
         # a cached prompt must give the numbers a fresh one gives.
         common = min(common, max(0, len(prompt_tokens) - MIN_PROMPT_CHUNK))
         self.truncate(common)
-        t0 = time.perf_counter()
-        self.eval(prompt_tokens[common:])
         self.timings = Timings()
         self.timings.reused_tokens = common
-        self.timings.prompt_tokens = len(prompt_tokens) - common
-        self.timings.prompt_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+
+        def batch_done():
+            self.timings.prompt_tokens = len(self.tokens) - common
+            self.timings.prompt_seconds = time.perf_counter() - t0
+            if on_progress is not None:
+                on_progress(len(prompt_tokens), common, len(self.tokens))
+
+        if on_progress is not None:
+            on_progress(len(prompt_tokens), common, common)
+        self.eval(prompt_tokens[common:], on_chunk=batch_done)
         return self.last_logits
 
     def generate(self, prompt_tokens, params, n_predict=-1, stops=(), should_stop=None,
-                 constraint=None, n_probs=0, post_sampling=False, shown_tokens=()):
+                 constraint=None, n_probs=0, post_sampling=False, shown_tokens=(),
+                 on_progress=None):
         """Yield text pieces of the continuation of `prompt_tokens`.
 
         Stops at an end-of-generation token, a stop string (not included in the output),
@@ -147,18 +161,18 @@ class Session:
         the distribution the sampler finally drew from (llama.cpp's n_probs and
         post_sampling_probs).
         `shown_tokens`: control tokens whose text is part of the output (tool-call
-        markers a parser reads).
+        markers a parser reads). `on_progress`: see prefill.
         """
         from runtime.tokenizer import StreamDecoder
 
         sampler = Sampler(params)
         sampler.keep_probs = n_probs > 0 and post_sampling
-        logits = self.prefill(prompt_tokens)
+        self.generated = []
+        self.probs = []
+        logits = self.prefill(prompt_tokens, on_progress)
         decoder = StreamDecoder(self.tokenizer, shown=shown_tokens)
         eog = self.tokenizer.eog_ids
         bias = params.logit_bias
-        self.generated = []
-        self.probs = []
         self.finish_reason = "length"
         self.stop_word = None       # the stop string that ended it, if one did
         self.last_token_eog = False # whether an end-of-generation token ended it

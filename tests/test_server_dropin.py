@@ -12,6 +12,7 @@ from tests.server_process import ServerProcess, read_until_closed, send_raw
 
 N_PREDICT = 8
 N_CTX = 1024            # 2 slots: 512 each
+N_BATCH = 64            # prompts longer than this are computed in several batches
 PROMPT = "I believe the meaning of life is"
 
 
@@ -19,6 +20,7 @@ PROMPT = "I believe the meaning of life is"
 def server(tmp_path_factory):
     saves = tmp_path_factory.mktemp("slots")
     srv = ServerProcess(smollm2(), "-c", str(N_CTX), "-np", "2", "-n", str(N_PREDICT),
+                        "-b", str(N_BATCH),
                         "--temp", "0", "--seed", "42", "--alias", "smol,tiny",
                         "--tags", "chat,small", "--slot-save-path", str(saves))
     yield srv
@@ -216,6 +218,47 @@ def test_streams(server):
     assert all(c["tokens"] for c in chunks[:-1]) and chunks[-1]["stop"] is True
     streamed = "".join(c["content"] for c in chunks)
     assert streamed == completion(server, n_predict=4)["content"]
+
+
+def test_prompt_progress(server):
+    """return_progress on a stream: llama-server's prompt_progress events, one before
+    the first prompt batch (processed == cache) and one after each batch, the last
+    with everything processed; timings from zero upward; none without the field."""
+    text = "This is a test. " * 40
+    tokens = server.post("/tokenize", {"content": text, "add_special": True})[1]["tokens"]
+    n_batches = -(-len(tokens) // N_BATCH)
+    assert n_batches >= 3, len(tokens)
+    body = {"prompt": text, "n_predict": 2, "stream": True, "return_progress": True,
+            "timings_per_token": True, "cache_prompt": False}
+    chunks = events(server, "/completion", body)
+    progress = [c for c in chunks if "prompt_progress" in c]
+    assert len(progress) == n_batches + 1, [p["prompt_progress"] for p in progress]
+    first, last = progress[0]["prompt_progress"], progress[-1]["prompt_progress"]
+    assert first["cache"] == first["processed"] == 0 and first["total"] == len(tokens)
+    assert last["processed"] == last["total"] == len(tokens)
+    done = [p["prompt_progress"]["processed"] for p in progress]
+    assert done == sorted(set(done))            # strictly growing
+    assert progress[0]["timings"]["prompt_n"] == 0 and progress[0]["timings"]["prompt_ms"] == 0
+    ms = [p["timings"]["prompt_ms"] for p in progress]
+    assert ms == sorted(ms) and ms[-1] > 0
+    assert all(p["content"] == "" and p["tokens"] == [] for p in progress)
+    assert chunks.index(progress[-1]) < min(i for i, c in enumerate(chunks) if c["tokens"])
+    # again with the cache: it starts from what the cache held, one batch to go
+    events(server, "/completion", dict(body, cache_prompt=True, id_slot=0))
+    progress = [c["prompt_progress"] for c in events(
+        server, "/completion", dict(body, cache_prompt=True, id_slot=0)) if "prompt_progress" in c]
+    assert len(progress) == 2 and progress[0]["cache"] == progress[0]["processed"] > 0
+    assert progress[-1]["processed"] == len(tokens)
+    # chat: the opening delta carries it; without the field, no event has it
+    chunks = events(server, "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": text}], "max_tokens": 2,
+                     "stream": True, "return_progress": True})
+    progress = [c for c in chunks if "prompt_progress" in c]
+    assert len(progress) >= 4
+    assert all(c["choices"][0]["delta"] == {"role": "assistant", "content": None}
+               for c in progress)
+    chunks = events(server, "/completion", dict(body, return_progress=False))
+    assert not any("prompt_progress" in c for c in chunks)
 
 
 def test_context_errors(server):

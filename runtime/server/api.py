@@ -187,6 +187,8 @@ class Request:
         self.id_slot = params.field(body, "id_slot", int, -1, -1, 1 << 20)
         self.return_tokens = params.field(body, "return_tokens", bool, False)
         self.timings_per_token = params.field(body, "timings_per_token", bool, False)
+        # prompt_progress events while the prompt is computed (streams only, as llama-server)
+        self.return_progress = params.field(body, "return_progress", bool, False)
         self.verbose = params.field(body, "verbose", bool, False) or app.verbose
         self.response_fields = params.field(body, "response_fields", list, [])
         if not all(isinstance(f, str) for f in self.response_fields):
@@ -212,6 +214,7 @@ class Request:
         req = cls.__new__(cls)
         req.body, req.openai, req.sampling, req.stops = {}, True, sampling, stops
         req.stream = req.return_tokens = req.timings_per_token = req.verbose = False
+        req.return_progress = False
         req.cache_prompt, req.id_slot, req.response_fields = True, -1, []
         req.ignore_eos = False
         req.probs = Probs()
@@ -255,10 +258,13 @@ class Outcome:
             self.truncated = True           # the slot's context ran out first
 
 
-def generate(app, http, req, prompt_tokens, n_predict, on_piece, on_session=None):
+def generate(app, http, req, prompt_tokens, n_predict, on_piece, on_session=None,
+             on_progress=None):
     """Run one generation on a slot; `on_piece(text, new_token_ids, slot)` gets the
     pieces (req.probs.latest holds those tokens' probabilities when asked for),
-    `on_session(session)` the slot's session once it has one. Returns its Outcome."""
+    `on_session(session)` the slot's session once it has one, `on_progress(progress,
+    slot)` llama-server's prompt_progress object as each prompt batch is done when the
+    request streams with return_progress. Returns its Outcome."""
     engine = app.engine
     slot = engine.acquire(prompt_tokens, http.client_gone,
                           None if req.id_slot < 0 else req.id_slot)
@@ -281,12 +287,19 @@ def generate(app, http, req, prompt_tokens, n_predict, on_piece, on_session=None
     sent = 0
     probs = req.probs
     wanted = probs.wanted
+
+    def report_progress(total, cached, processed):
+        on_progress({"total": total, "cache": cached, "processed": processed,
+                     "time_ms": int(session.timings.prompt_seconds * 1000)}, slot)
+
+    progress = (report_progress if on_progress is not None and req.stream
+                and req.return_progress else None)
     try:
         for piece in session.generate(prompt_tokens, req.sampling, n_predict, req.stops,
                                       should_stop, req.constraint(),
                                       n_probs=abs(probs.n) if wanted else 0,
                                       post_sampling=wanted and probs.post,
-                                      shown_tokens=req.shown_tokens):
+                                      shown_tokens=req.shown_tokens, on_progress=progress):
             slot.state = "generating"
             pieces.append(piece)
             ids = session.generated[sent:]
@@ -483,6 +496,15 @@ def openai_generate(app, http, chat):
             held[index] = []
             send(index, delta={"role": "assistant", "content": None})
 
+    def on_progress(index, progress, slot):
+        extra = {"prompt_progress": progress}
+        if req.timings_per_token:
+            extra["timings"] = timings(slot.session)
+        if chat:        # llama-server repeats the opening delta with each progress event
+            send(index, delta={"role": "assistant", "content": None}, extra=extra)
+        else:
+            send(index, text="", extra=extra)
+
     def on_piece(index, piece, ids, slot):
         open_choice(index)
         extra = {"timings": timings(slot.session)} if req.timings_per_token else {}
@@ -506,7 +528,8 @@ def openai_generate(app, http, chat):
             index = pi * n_choices + ci
             open_choice(index)
             o = generate(app, http, req, prompt, n_predict,
-                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot),
+                         on_progress=lambda progress, slot, i=index: on_progress(i, progress, slot))
             o.index, o.prompt_index, o.prompt_tokens = index, pi, prompt
             outcomes.append(o)
             if chat:
@@ -579,13 +602,15 @@ def complete(app, http, body, prompts):
         params.budget(engine.n_ctx, body, p, names, False, app.n_predict)
     http.start_events()
 
-    def on_piece(index, piece, ids, slot):
+    def on_piece(index, piece, ids, slot, progress=None):
         chunk = {"index": index, "content": piece, "tokens": list(ids), "stop": False,
                  "id_slot": slot.id, "tokens_predicted": len(slot.session.generated),
                  "tokens_evaluated": slot.n_prompt}
         if req.timings_per_token:
             chunk["timings"] = timings(slot.session)
-        if req.probs.wanted:
+        if progress is not None:
+            chunk["prompt_progress"] = progress
+        elif req.probs.wanted:
             chunk["completion_probabilities"] = req.probs.latest
         http.send_event(chunk)
 
@@ -594,7 +619,9 @@ def complete(app, http, body, prompts):
         for ci in range(n_choices):
             index = pi * n_choices + ci
             o = generate(app, http, req, prompt, n_predict,
-                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot))
+                         lambda piece, ids, slot, i=index: on_piece(i, piece, ids, slot),
+                         on_progress=lambda progress, slot, i=index: on_piece(
+                             i, "", (), slot, progress))
             o.index, o.prompt_index, o.prompt_tokens = index, pi, prompt
             last = final(o)
             if "content" in last:
