@@ -358,7 +358,11 @@ def constraint_maker(args, tokenizer):
     """A () -> fresh Constraint for the grammar flags, or None."""
     if not args.grammar_text:
         return None
-    from runtime.constraint import from_grammar
+    from runtime.constraint import GrammarError, from_grammar
+    try:
+        from_grammar(tokenizer, args.grammar_text)   # token references need the vocabulary
+    except GrammarError as e:
+        raise UserError(f"grammar: {e}") from None
     return lambda: from_grammar(tokenizer, args.grammar_text)
 
 

@@ -105,25 +105,50 @@ class Restricted:
 
 
 class Constraint:
-    """Decoding held to a grammar: see the module docstring."""
+    """Decoding held to a grammar: see the module docstring.
+
+    Token references (<[id]>, <text>, negated with '!') match whole tokens by id: a
+    state's `waiting` stacks rest on one, and only a token boundary passes it."""
 
     def __init__(self, tokenizer, automaton):
         self.automaton = automaton
         self.vocab = vocabulary(tokenizer)
         self.state = automaton.start
+        self.token_ids = self.vocab.resolve(automaton.grammar) if automaton.grammar.token_refs \
+            else []
+
+    def _passes(self, waiting, token):
+        """The stacks of `waiting` whose token reference `token` matches."""
+        if not self.vocab.matchable(token):
+            return []
+        ids = self.token_ids
+        return [st for st, negated, ref in waiting if (ids[ref] == token) != negated]
 
     def fits(self, token):
         """Whether `token` may come next."""
+        state = self.state
         if token in self.vocab.eog:
-            return self.state.accepting
+            return state.accepting
+        if state.waiting and self._passes(state.waiting, token):
+            return True
         piece = self.vocab.piece.get(token)
         if piece is None:
             return False
-        return bool(self.automaton.feed(self.state, piece).stacks)
+        return bool(self.automaton.feed(state, piece).stacks)
 
     def allowed(self):
         """Every token that may come next (a frozenset of ids)."""
-        return allowed_tokens(self.automaton, self.vocab, self.state)
+        out = allowed_tokens(self.automaton, self.vocab, self.state)
+        if self.state.waiting:
+            extra = set()
+            for _st, negated, ref in self.state.waiting:
+                token = self.token_ids[ref]
+                if negated:
+                    extra |= self.vocab.any_token() - {token}
+                elif self.vocab.matchable(token):
+                    extra.add(token)
+            out = out | extra
+        return out
 
     def sample(self, sampler, logits, history):
         token = sampler.sample(logits, history)
@@ -142,10 +167,17 @@ class Constraint:
 
     def advance(self, token):
         """Take the chosen token; True when the output is complete (nothing may follow)."""
+        state = self.state
         piece = self.vocab.piece.get(token)
+        if state.waiting:
+            passed = self._passes(state.waiting, token)
+            if passed:
+                fed = self.automaton.feed(state, piece) if piece is not None else None
+                self.state = self.automaton.after_token(fed, passed)
+                return self.state.final or not self.state.stacks
         if piece is None:
             return True
-        self.state = self.automaton.feed(self.state, piece)
+        self.state = self.automaton.feed(state, piece)
         return self.state.final or not self.state.stacks
 
     @property

@@ -360,10 +360,37 @@ class _Parser:
                 seq = self.repeat(seq, last, lo, hi, name, brace)
                 pos = self.space(pos + 1, nested)
             elif c in "<!":
-                raise self.error("token references (<...>) are not supported", pos)
+                last = len(seq)
+                item, pos = self.token(pos)
+                seq.append(item)
+                self.count(1, pos)
+                pos = self.space(pos, nested)
             else:
                 break
         return seq, pos
+
+    def token(self, pos):
+        """A token reference: <[id]>, <text> (the one token that text is), and either
+        negated with '!' (any single token but that one), as llama.cpp's grammars
+        write them. ('token', negated, id or text, position)."""
+        t = self.text
+        start = pos
+        negated = t[pos] == "!"
+        if negated:
+            pos += 1
+        if t[pos:pos + 1] != "<":
+            raise self.error("expecting '<' after '!'", pos)
+        if t[pos + 1:pos + 2] == "[":
+            number, pos = self.integer(pos + 2)
+            if t[pos:pos + 1] != "]":
+                raise self.error("expecting ']'", pos)
+            if t[pos + 1:pos + 2] != ">":
+                raise self.error("expecting '>'", pos + 1)
+            return ("token", negated, number, start), pos + 2
+        end = t.find(">", pos + 1)
+        if end < 0:
+            raise self.error("expecting '>' to close the token", pos)
+        return ("token", negated, t[pos:end + 1], start), end + 1
 
     def repeat(self, seq, last, lo, hi, name, pos):
         """seq with its items from `last` on repeated lo..hi times (hi None: unbounded)."""
@@ -411,6 +438,8 @@ class Grammar:
         extra = []              # alternatives of the class rules, appended after the named
         kind, arg = [], []
         starts = [None] * len(order)
+        tokens = {}             # position of a token element -> (negated, ref index)
+        token_refs = []         # (id or text, character position) of each reference
 
         def class_rule(ranges):
             if ranges not in classes:
@@ -437,6 +466,13 @@ class Grammar:
                 elif item[0] == "ref":
                     kind.append(_REF)
                     arg.append(index[item[1]])
+                elif item[0] == "token":
+                    # A byte set that matches no byte: the automaton rests on it, a token
+                    # boundary is the only place it can be passed (Automaton.after_token).
+                    tokens[len(kind)] = (item[1], len(token_refs))
+                    token_refs.append((item[2], item[3]))
+                    kind.append(_BYTES)
+                    arg.append(0)
                 else:
                     ranges = item[1]
                     if ranges and ranges[-1][1] <= 0x7F:    # ASCII only: one byte set
@@ -471,6 +507,8 @@ class Grammar:
         self.arg = arg
         self.starts = starts
         self.root = index["root"]
+        self.tokens = tokens
+        self.token_refs = token_refs
 
     def _check_left_recursion(self, order):
         """A rule that can reach itself without reading a byte would expand forever
@@ -524,14 +562,17 @@ class Grammar:
 class State:
     """A set of live parse stacks; caches its byte transitions and allowed tokens."""
 
-    __slots__ = ("stacks", "next", "accepting", "final", "allowed", "__weakref__")
+    __slots__ = ("stacks", "next", "accepting", "final", "allowed", "waiting", "__weakref__")
 
-    def __init__(self, stacks):
+    def __init__(self, stacks, token_at):
         self.stacks = stacks
         self.next = {}
         self.accepting = () in stacks
         self.final = stacks == frozenset([()])   # complete, and nothing may follow
         self.allowed = None
+        # Stacks resting on a token reference: (stack, negated, reference index).
+        self.waiting = tuple((st,) + token_at[st[-1]] for st in stacks
+                             if st and st[-1] in token_at) if token_at else ()
 
     @property
     def dead(self):
@@ -560,7 +601,7 @@ class Automaton:
             if len(stacks) > MAX_STACKS:
                 raise GrammarLimitError(f"the grammar is too ambiguous (more than {MAX_STACKS} "
                                         "parses alive at once); simplify it")
-            state = self.table.setdefault(stacks, State(stacks))
+            state = self.table.setdefault(stacks, State(stacks, self.grammar.tokens))
         return state
 
     def _reset(self):
@@ -610,6 +651,17 @@ class Automaton:
         state.next[byte] = nxt
         return nxt
 
+    def after_token(self, state, passed):
+        """The state after one token: `state` fed the token's bytes (None: the token
+        has no text), joined with the stacks in `passed` moved past the token
+        reference on their top (the references that token matches)."""
+        out = set()
+        for st in passed:
+            self._expand(st[:-1] + (st[-1] + 1,), out)
+        if state is not None:
+            out |= state.stacks
+        return self._intern(frozenset(out))
+
     def feed(self, state, data):
         for b in data:
             state = self.step(state, b)
@@ -630,16 +682,24 @@ class Vocabulary:
     and skips every token under a dead prefix at once."""
 
     def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.n_vocab = tokenizer.n_vocab
         self.eog = frozenset(tokenizer.eog_ids)
         pieces = []
         self.piece = {}
+        self.control = set()    # control tokens with text: matched by token references only
         for t in range(tokenizer.n_vocab):
-            if t in self.eog or tokenizer.is_control(t):
+            if t in self.eog:
                 continue
             p = tokenizer.token_to_piece(t)
-            if p:
-                pieces.append((p, t))
-                self.piece[t] = p
+            if not p:
+                continue
+            if tokenizer.is_control(t):
+                self.control.add(t)
+                continue
+            pieces.append((p, t))
+            self.piece[t] = p
+        self._any = None
         pieces.sort()
         self.keys = [p for p, _ in pieces]
         self.ids = [t for _, t in pieces]
@@ -652,6 +712,36 @@ class Vocabulary:
                 j += 1
             lcp[i] = j
         self.lcp = lcp
+
+
+    def any_token(self):
+        """Every token a token reference can match (llama.cpp: any token with text that
+        does not end generation), as a frozenset."""
+        if self._any is None:
+            self._any = frozenset(self.piece) | frozenset(self.control)
+        return self._any
+
+    def matchable(self, token):
+        return token in self.piece or token in self.control
+
+    def resolve(self, grammar):
+        """The token id of each of `grammar`'s token references; GrammarError (with
+        where) for a text that is not exactly one token or an id beyond the vocabulary."""
+        ids = []
+        for ref, pos in grammar.token_refs:
+            if isinstance(ref, int):
+                if ref >= self.n_vocab:
+                    raise GrammarError(f"token id {ref} is beyond the vocabulary "
+                                       f"({self.n_vocab} tokens)", grammar.text, pos)
+                ids.append(ref)
+                continue
+            found = self.tokenizer.encode(ref, add_special=False, parse_special=True)
+            if len(found) != 1:
+                raise GrammarError(f"'{ref}' is not a single token of this model (it is "
+                                   f"{len(found)}); write <[id]> with the token's id",
+                                   grammar.text, pos)
+            ids.append(found[0])
+        return ids
 
 
 _vocabularies = weakref.WeakKeyDictionary()

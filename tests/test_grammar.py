@@ -296,3 +296,147 @@ def test_missing_llama_cpp_grammars_fail_under_ci(monkeypatch, tmp_path):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         llama_cpp_sdist.require("grammars")
+
+
+# ---------------------------------------------------------------- token references
+
+class SpecialTokenizer(ByteTokenizer):
+    """ByteTokenizer plus <think> / </think> as single tokens (</think> a control token)
+    and a way to encode text (longest piece first) for <text> references."""
+
+    def __init__(self):
+        super().__init__()
+        self.pieces += [b"<think>", b"</think>", b"a<"]
+        self.think, self.end_think, self.a_lt = range(len(self.pieces) - 3, len(self.pieces))
+        self.n_vocab = len(self.pieces)
+
+    def is_control(self, token):
+        return token in (0, self.end_think)
+
+    def encode(self, text, add_special=False, parse_special=True):
+        data, out = text.encode(), []
+        while data:
+            best = max((t for t in range(1, self.n_vocab) if data.startswith(self.pieces[t])
+                        and (parse_special or not self.is_control(t))),
+                       key=lambda t: len(self.pieces[t]))
+            out.append(best)
+            data = data[len(self.pieces[best]):]
+        return out
+
+
+def byte_token(b):
+    return b + 1
+
+
+def test_token_references_parse_with_positions():
+    Grammar('root ::= <[5]> !<[7]>* <[7]> "x" | <think> !</think>{2,3}')
+    for text, message, col in [('root ::= <[x]>', "expecting an integer", 12),
+                               ('root ::= <[5', "expecting ']'", 13),
+                               ('root ::= <[5x]>', "expecting ']'", 13),
+                               ('root ::= <[5]]', "expecting '>'", 14),
+                               ('root ::= !"a"', "expecting '<' after '!'", 11),
+                               ('root ::= "a" <think', "expecting '>' to close", 14)]:
+        with pytest.raises(GrammarError) as e:
+            Grammar(text)
+        assert message in str(e.value) and f"line 1, column {col}" in str(e.value), str(e.value)
+
+
+def test_token_reference_texts_resolve_against_the_vocabulary():
+    tok = SpecialTokenizer()
+    c = from_grammar(tok, 'root ::= <think> !</think>* </think>')
+    assert c.token_ids == [tok.think, tok.end_think, tok.end_think]
+    with pytest.raises(GrammarError, match=r"'<thought>' is not a single token .*"
+                                           r"line 2, column 10"):
+        from_grammar(tok, 'root ::= x\nx ::= "" <thought>')
+    with pytest.raises(GrammarError, match="token id 99999 is beyond the vocabulary"):
+        from_grammar(tok, 'root ::= <[99999]>')
+
+
+def test_token_reference_matches_whole_tokens_only():
+    """llama.cpp's semantics: a reference is passed by one whole token; a token whose
+    bytes reach it mid-token dies there, one that ends exactly before it lives."""
+    tok = SpecialTokenizer()
+    c = from_grammar(tok, 'root ::= "a" <think> [0-9]')
+    allowed = c.allowed()
+    assert byte_token(ord("a")) in allowed
+    assert tok.a_lt not in allowed                   # "a<": bytes run into the reference
+    assert tok.think not in allowed
+    c.advance(byte_token(ord("a")))
+    assert c.allowed() == {tok.think}                # "<" as a byte is not the token
+    assert not c.fits(byte_token(ord("<")))
+    assert not c.advance(tok.think)
+    assert c.allowed() == {byte_token(d) for d in b"0123456789"}
+    assert c.advance(byte_token(ord("7")))
+
+
+def test_negated_references_take_any_other_token_including_control():
+    tok = SpecialTokenizer()
+    c = from_grammar(tok, 'root ::= <think> body </think> "!"\nbody ::= !</think>*')
+    c.advance(tok.think)
+    every = {t for t in range(1, tok.n_vocab)}
+    assert c.allowed() == every                      # all but the end-of-generation token
+    c.advance(tok.think)                             # <think> again: only </think> is excluded
+    c.advance(byte_token(ord("q")))
+    assert c.fits(tok.end_think) and not c.fits(0)
+    c.advance(tok.end_think)
+    assert c.allowed() == {byte_token(ord("!"))}
+    assert c.advance(byte_token(ord("!")))
+    # A control token never matches text, only references.
+    c = from_grammar(tok, 'root ::= "</think>" | <[%d]> "x"' % tok.think)
+    assert not c.fits(tok.end_think) and c.fits(tok.think)
+    c = from_grammar(tok, 'root ::= !<[%d]> "x"' % tok.think)
+    assert c.fits(tok.end_think) and not c.fits(tok.think) and not c.fits(0)
+
+
+def test_random_decoding_follows_token_references():
+    """Sampled token sequences checked token by token against what the grammar says:
+    <think>, then any tokens but </think>, then </think>, then one to three digits."""
+    tok = SpecialTokenizer()
+    text = 'root ::= <think> body </think> [0-9]{1,3}\nbody ::= !</think>*'
+    digits = {byte_token(d) for d in b"0123456789"}
+    ended = 0
+    for seed in range(12):
+        c = from_grammar(tok, text)
+        rng = random.Random(seed)
+        sampler = Sampler(SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.0,
+                                         seed=seed))
+        tokens = []
+        for _ in range(80):
+            logits = [rng.gauss(0, 3) for _ in range(tok.n_vocab)]
+            logits[tok.end_think] += 6.0 * (len(tokens) > 5)
+            t = c.sample(sampler, logits, [])
+            if t == 0:
+                break
+            tokens.append(t)
+            if c.advance(t):
+                break
+        assert tokens[0] == tok.think
+        if tok.end_think in tokens:
+            close = tokens.index(tok.end_think)
+            assert tok.end_think not in tokens[1:close] and close > 0
+            tail = b"".join(tok.pieces[t] for t in tokens[close + 1:])
+            assert 1 <= len(tail) <= 3 and all(48 <= b <= 57 for b in tail), tokens
+            assert all(t in digits for t in tokens[close + 1:])
+            ended += 1
+    assert ended >= 6
+
+
+def test_token_references_on_a_real_vocabulary():
+    """SmolLM2: <|im_start|> is one control token; a reference to it is passed only by
+    that token, and a negated one by anything else but end-of-generation."""
+    from runtime.loader import open_gguf
+    from runtime.tokenizer import Tokenizer
+    from tests.models import smollm2
+    tok = Tokenizer.from_gguf(open_gguf(smollm2()))
+    (start,) = tok.encode("<|im_start|>", add_special=False, parse_special=True)
+    assert tok.is_control(start)
+    c = from_grammar(tok, 'root ::= <|im_start|> !<|im_start|> "."')
+    assert c.token_ids == [start, start]
+    assert c.allowed() == {start}
+    c.advance(start)
+    hello = tok.encode("Hello", add_special=False, parse_special=False)[0]
+    assert c.fits(hello) and not c.fits(start) and not any(c.fits(t) for t in tok.eog_ids)
+    c.advance(hello)
+    assert c.advance(tok.encode(".", add_special=False, parse_special=False)[0])
+    with pytest.raises(GrammarError, match="'<hello world>' is not a single token"):
+        from_grammar(tok, 'root ::= <hello world>')

@@ -251,3 +251,19 @@ def test_cli_grammar_output():
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert Recogniser(LIST).check(p.stdout[:-1].encode()) == "full", p.stdout
+
+
+def test_cli_token_reference_errors_need_the_vocabulary():
+    """<text> must be one token of this model's vocabulary: checked once it is loaded,
+    still one line and exit 2."""
+    p = subprocess.run([sys.executable, "-m", "runtime", "-m", smollm2(), "-p", "x", "-n", "2",
+                        "--grammar", 'root ::= "a" <not one token>'], cwd=REPO,
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "'<not one token>' is not a single token" in p.stderr
+    assert "line 1, column 14" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "runtime", "-m", smollm2(), "-p", "Say yes:",
+                        "-n", "8", "--temp", "0", "-t", "1", "--grammar",
+                        'root ::= "Yes" <|im_start|>'], cwd=REPO, capture_output=True, text=True)
+    # The control token is not printed (as llama-cli without --special); the grammar ends there.
+    assert p.returncode == 0 and p.stdout.strip() == "Yes", (p.stdout, p.stderr)

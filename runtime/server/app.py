@@ -52,6 +52,12 @@ class App:
         loaded = load_session(gguf, backend=args.backend, threads=args.threads,
                               n_ctx=args.ctx_size, batch_size=self.batch_size)
         model, tokenizer = loaded.model, loaded.tokenizer
+        if self.default_grammar:
+            from runtime.constraint import GrammarError, from_grammar
+            try:
+                from_grammar(tokenizer, self.default_grammar)   # token references need the vocabulary
+            except GrammarError as e:
+                raise UserError(f"--grammar: {e}") from None
         self.guard = ModelGuard(getattr(model.backend, "lib", None), gguf, exit_on_fault=False)
         try:
             self.chat_format = load_chat_format(gguf, args.chat_template_file or args.chat_template)
