@@ -118,8 +118,15 @@ def _raise_exception(message):
 
 def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
     # Jinja's own tojson HTML-escapes <, >, & and '; chat templates want plain JSON.
+    # Filters such as map() hand over generators: written as the arrays they yield.
     return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys,
-                      ensure_ascii=ensure_ascii)
+                      ensure_ascii=ensure_ascii, default=_json_default)
+
+
+def _json_default(value):
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _make_environment():

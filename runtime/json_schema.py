@@ -94,6 +94,7 @@ class _Converter:
         self.rules = {"space": SPACE}
         self.nodes = 0
         self.refs = {}          # "#/..." -> rule name (set before visiting: recursion)
+        self.ref_prefix = ""    # keeps the $ref rules of several schemas apart (schema_rules)
 
     def tick(self, n=1):
         self.nodes += n
@@ -179,7 +180,7 @@ class _Converter:
             ref = schema["$ref"]
             target = self.resolve(ref, path)
             if ref not in self.refs:
-                self.refs[ref] = _rule_name(ref.split("/")[-1] or "ref") + "-ref"
+                self.refs[ref] = self.ref_prefix + _rule_name(ref.split("/")[-1] or "ref") + "-ref"
                 self.rules.setdefault(self.refs[ref], "")          # reserve (recursion)
                 body = self.visit(target, self.refs[ref] + "-body", f"{ref}", depth + 1)
                 self.rules[self.refs[ref]] = body
@@ -633,6 +634,19 @@ def regex_to_gbnf(pattern, where="pattern"):
 def to_grammar(schema):
     """The GBNF text for `schema` (a parsed JSON schema). Raises SchemaError."""
     return _Converter(schema).grammar()
+
+
+def schema_rules(named):
+    """GBNF rules (no root) for several schemas in one grammar: {rule name: schema},
+    each named rule matching its schema's JSON (helper rules are shared). Raises
+    SchemaError."""
+    conv = _Converter(None)
+    for name, schema in named.items():
+        conv.root, conv.refs, conv.ref_prefix = schema, {}, name + "-"
+        top = conv.visit(schema, name, "$")
+        if top != name:
+            conv.rules[name] = top
+    return "".join(f"{k} ::= {v}\n" for k, v in sorted(conv.rules.items()))
 
 
 def validate(value, schema, root=None, path="$"):

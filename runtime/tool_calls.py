@@ -7,6 +7,16 @@ parse the reply with that family's parser:
   hermes        Hermes 2 Pro, Qwen 2.5, Qwen 3:  <tool_call>{"name": .., "arguments": ..}</tool_call>
   llama3        Llama 3.x:  {"name": .., "parameters": ..}  or  <|python_tag|>name.call(k="v")
   mistral_nemo  Mistral Nemo:  [TOOL_CALLS][{"name": .., "arguments": .., "id": ..}]
+  deepseek_r1   DeepSeek R1:  <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name
+                ```json {..}```<｜tool▁call▁end｜><｜tool▁calls▁end｜>
+  functionary_v3_1  Functionary v3.1 (Llama 3.1):  <function=name>{..}</function>
+  functionary_v3_2  Functionary v3.2:  all\n<text>  or  name\n{..}, further ones after >>>
+  firefunction_v2   FireFunction v2:  functools[{"name": .., "arguments": ..}]
+  command_r7b   Command R7B:  <|START_THINKING|>..<|END_THINKING|><|START_ACTION|>[{"tool_call_id":
+                .., "tool_name": .., "parameters": ..}]<|END_ACTION|>, text in <|START_RESPONSE|>
+  granite       Granite 3.x:  <|tool_call|>[{"name": .., "arguments": ..}]
+  qwen3_coder   Qwen3-Coder (and Nemotron Nano 3, Qwen 3.5):  <tool_call>\n<function=name>\n
+                <parameter=key>\nvalue\n</parameter>\n</function>\n</tool_call>
   generic       any other template: the whole reply is JSON, constrained while decoding,
                 {"response": ".."} or {"tool_call": {..}} or {"tool_calls": [{..}]}
 
@@ -28,18 +38,53 @@ import string
 
 from runtime.sampling import partial_stop_suffix    # text that may begin a marker
 
-FORMATS = ("content", "generic", "hermes", "llama3", "mistral_nemo")
+FORMATS = ("content", "generic", "hermes", "llama3", "mistral_nemo", "deepseek_r1",
+           "functionary_v3_1", "functionary_v3_2", "firefunction_v2", "command_r7b", "granite",
+           "qwen3_coder")
 REASONING_FORMATS = ("none", "deepseek", "auto")
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS = "[TOOL_CALLS]"
+DS_CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
+# Spellings DeepSeek R1 distills write the opening marker in (llama.cpp accepts them too).
+DS_BEGINS = (DS_CALLS_BEGIN, "<｜tool_calls_begin｜>", "<｜tool calls begin｜>",
+             "<｜tool\\_calls\\_begin｜>", "<｜tool▁call▁begin｜>")
+DS_CALL_BEGIN, DS_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
+DS_CALL_END, DS_CALLS_END = "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>"
+FUNCTION_OPEN, FUNCTION_CLOSE = "<function=", "</function>"
+PARAMETER_OPEN, PARAMETER_CLOSE = "<parameter=", "</parameter>"
+RECIPIENT = ">>>"
+FUNCTOOLS = " functools["
+CR_THINK = ("<|START_THINKING|>", "<|END_THINKING|>")
+CR_RESPONSE = ("<|START_RESPONSE|>", "<|END_RESPONSE|>")
+CR_ACTION = ("<|START_ACTION|>", "<|END_ACTION|>")
+GRANITE_CALL = "<|tool_call|>"
+# Llama 3.1's built-in tools (the template's `builtin_tools`), called as
+# <|python_tag|>name.call(arg="..."), and the argument each one takes.
+BUILTIN_TOOLS = {"brave_search": "query", "web_search": "query", "wolfram_alpha": "query",
+                 "code_interpreter": "code", "python": "code"}
 
 
 def detect_format(template_source):
-    """The tool-call family a chat template teaches, from its source text."""
+    """The tool-call family a chat template teaches, from its source text (the markers
+    llama.cpp's common/chat.cpp looks for; most specific first)."""
     src = template_source or ""
+    if DS_CALLS_BEGIN in src:
+        return "deepseek_r1"
+    if ">>>all" in src:
+        return "functionary_v3_2"
+    if CR_ACTION[0] in src and "<|START_TEXT|>" not in src:
+        return "command_r7b"
+    if FUNCTOOLS.strip() in src:
+        return "firefunction_v2"
+    if HERMES_OPEN in src and FUNCTION_OPEN in src and PARAMETER_OPEN in src:
+        return "qwen3_coder"
+    if FUNCTION_OPEN in src:
+        return "functionary_v3_1"
+    if GRANITE_CALL in src:
+        return "granite"
     if HERMES_OPEN in src:
         return "hermes"
     if MISTRAL_CALLS in src:
@@ -54,11 +99,22 @@ def template_thinks(template_source):
     return THINK_OPEN in (template_source or "")
 
 
+MARKERS = {
+    "hermes": [HERMES_OPEN, HERMES_CLOSE], "llama3": [PYTHON_TAG],
+    "mistral_nemo": [MISTRAL_CALLS],
+    "deepseek_r1": list(DS_BEGINS) + [DS_SEP, DS_CALL_END, DS_CALLS_END],
+    "functionary_v3_1": [FUNCTION_OPEN, FUNCTION_CLOSE, PYTHON_TAG],
+    "functionary_v3_2": [RECIPIENT], "firefunction_v2": [FUNCTOOLS],
+    "command_r7b": list(CR_THINK + CR_RESPONSE + CR_ACTION), "granite": [GRANITE_CALL],
+    "qwen3_coder": [HERMES_OPEN, HERMES_CLOSE, FUNCTION_OPEN, FUNCTION_CLOSE, PARAMETER_OPEN,
+                    PARAMETER_CLOSE],
+}
+
+
 def markers(fmt):
     """Marker texts the parser reads, which the decoder must show even when the
     vocabulary makes them control tokens."""
-    return {"hermes": [HERMES_OPEN, HERMES_CLOSE], "llama3": [PYTHON_TAG],
-            "mistral_nemo": [MISTRAL_CALLS]}.get(fmt, []) + [THINK_OPEN, THINK_CLOSE]
+    return MARKERS.get(fmt, []) + [THINK_OPEN, THINK_CLOSE]
 
 
 def new_call_id(fmt):
@@ -313,10 +369,15 @@ class OutputParser:
     with reasoning.
     """
 
-    def __init__(self, fmt="content", reasoning_format="deepseek", thinking_forced_open=False):
+    def __init__(self, fmt="content", reasoning_format="deepseek", thinking_forced_open=False,
+                 tools=()):
         if fmt not in FORMATS:
             raise ValueError(f"unknown tool-call format {fmt!r}")
         self.fmt = fmt
+        # Parameter schemas by function name: Qwen3-Coder writes values bare, and only the
+        # schema says whether `1` is the string "1" or the number.
+        self.params = {tool_function(t).get("name"): tool_function(t).get("parameters") or {}
+                       for t in tools}
         self.reasoning = reasoning_format != "none"
         self.forced_open = thinking_forced_open and self.reasoning
 
@@ -450,6 +511,242 @@ class OutputParser:
             if call is not None:
                 msg.tool_calls.append(call)
 
+    def _marked_json(self, text, partial, msg, opens, close=None):
+        """Content, then after the first of `opens` one JSON value (an array of calls or
+        one call), then optionally `close`: the shape of several formats."""
+        start, mark = _find_first(text, opens)
+        if start < 0:
+            self._content(msg, text, partial, opens)
+            return None
+        self._content(msg, text[:start].rstrip(), False)
+        try:
+            value, end, complete, scan = scan_json(text, start + len(mark))
+        except ValueError:
+            msg.content += text[start:]
+            return None
+        return value, complete, scan
+
+    def _calls_from_array(self, found, msg, name_key="name", args_key="arguments",
+                          id_key=None):
+        if found is None:
+            return
+        arr, complete, scan = found
+        if isinstance(arr, dict):
+            arr = [arr]
+            scan.spans = {(0,) + k: v for k, v in scan.spans.items()}
+        if not isinstance(arr, list):
+            return
+        for i, obj in enumerate(arr):
+            if not isinstance(obj, dict):
+                continue
+            if name_key != "name" and name_key in obj:
+                obj = dict(obj, name=obj[name_key])
+                scan.spans[(i, "name")] = scan.spans.get((i, name_key))
+            if id_key and id_key in obj:
+                obj = dict(obj, id=obj[id_key])
+                scan.spans[(i, "id")] = scan.spans.get((i, id_key))
+            call = _call_from(scan, obj, (i,), complete or i < len(arr) - 1,
+                              args_keys=(args_key,), wait_for_id=bool(id_key))
+            if call is not None:
+                msg.tool_calls.append(call)
+
+    def _parse_firefunction_v2(self, text, partial, msg):
+        found = self._marked_json(text, partial, msg, [FUNCTOOLS[:-1]])
+        self._calls_from_array(found, msg)
+
+    def _parse_granite(self, text, partial, msg):
+        self._calls_from_array(self._marked_json(text, partial, msg, [GRANITE_CALL]), msg)
+
+    def _parse_deepseek_r1(self, text, partial, msg):
+        start, mark = _find_first(text, DS_BEGINS)
+        if start < 0:
+            self._content(msg, text, partial, DS_BEGINS)
+            return
+        self._content(msg, text[:start].rstrip(), False)
+        pos = start if mark == DS_CALL_BEGIN else start + len(mark)
+        while True:
+            begin = text.find(DS_CALL_BEGIN, pos)
+            if begin < 0:
+                return
+            sep = text.find(DS_SEP, begin)
+            name_end = text.find("\n", sep) if sep >= 0 else -1
+            if name_end < 0:
+                return          # the name is still being written
+            name = text[sep + len(DS_SEP):name_end].strip()
+            body = name_end + 1
+            fence = "```json"
+            if text.startswith(fence, body):
+                body += len(fence)
+            elif fence.startswith(text[body:]):
+                return
+            try:
+                _, end, complete, _ = scan_json(text, body)
+            except ValueError:
+                return
+            first = len(text[:body]) + len(text[body:]) - len(text[body:].lstrip())
+            msg.tool_calls.append(ToolCall(name, text[first:end] if end > first else ""))
+            if not complete:
+                return
+            pos = end
+
+    def _parse_functionary_v3_1(self, text, partial, msg):
+        pos = 0
+        while True:
+            start, mark = _find_first(text, [FUNCTION_OPEN, PYTHON_TAG], pos)
+            before = text[pos:] if start < 0 else text[pos:start]
+            if msg.tool_calls:
+                before = before.strip() if start >= 0 or not partial else before.lstrip()
+            if start < 0:
+                self._content(msg, before, partial, [FUNCTION_OPEN, PYTHON_TAG])
+                return
+            self._content(msg, before.rstrip(), False)
+            if mark == PYTHON_TAG:
+                # Raw code for the python tool, read once the reply is whole.
+                if not partial:
+                    code = text[start + len(PYTHON_TAG):]
+                    msg.tool_calls.append(ToolCall("python", json.dumps({"code": code},
+                                                                         ensure_ascii=False)))
+                return
+            close = text.find(">", start)
+            if close < 0:
+                return
+            name = text[start + len(FUNCTION_OPEN):close]
+            try:
+                _, end, complete, _ = scan_json(text, close + 1)
+            except ValueError:
+                msg.content += text[start:]
+                return
+            first = close + 1 + len(text[close + 1:]) - len(text[close + 1:].lstrip())
+            msg.tool_calls.append(ToolCall(name, text[first:end]))
+            if not complete:
+                return
+            end_tag = text.find(FUNCTION_CLOSE, end)
+            if end_tag < 0:
+                return
+            pos = end_tag + len(FUNCTION_CLOSE)
+
+    def _parse_functionary_v3_2(self, text, partial, msg):
+        segments = text.split(RECIPIENT)
+        for i, seg in enumerate(segments):
+            last = i == len(segments) - 1
+            name, newline, body = seg.partition("\n")
+            if not newline:
+                if not (partial and last) and seg.strip():
+                    msg.content += seg      # no recipient line: the model's words as they are
+                return
+            name = name.strip()
+            if name == "all":
+                if last:
+                    self._content(msg, body, partial, [RECIPIENT])
+                else:
+                    msg.content += body.rstrip("\n")
+                continue
+            try:
+                _, end, complete, _ = scan_json(body)
+            except ValueError:
+                if name == "python" and (not partial or not last):
+                    msg.tool_calls.append(ToolCall("python", json.dumps(
+                        {"code": body}, ensure_ascii=False)))
+                continue
+            first = len(body) - len(body.lstrip())
+            msg.tool_calls.append(ToolCall(name, body[first:end]))
+            if not complete:
+                return
+
+    def _parse_command_r7b(self, text, partial, msg):
+        rest = text
+        think_open, think_close = CR_THINK
+        lead = rest.lstrip()
+        if lead.startswith(think_open):
+            inner = lead[len(think_open):]
+            end = inner.find(think_close)
+            if end < 0:
+                held = partial_stop_suffix(inner, [think_close]) if partial else 0
+                msg.reasoning_content = inner[:len(inner) - held].strip()
+                return
+            msg.reasoning_content = inner[:end].strip()
+            rest = inner[end + len(think_close):]
+        elif partial and lead and think_open.startswith(lead):
+            return
+        if not self.reasoning and msg.reasoning_content:
+            msg.content = text[:len(text) - len(rest)]
+            msg.reasoning_content = ""
+        open_r, close_r = CR_RESPONSE
+        start, mark = _find_first(rest, [open_r, CR_ACTION[0]])
+        if start < 0:
+            self._content(msg, rest, partial, [open_r, CR_ACTION[0]])
+            return
+        if mark == open_r:
+            body = rest[start + len(open_r):]
+            end = body.find(close_r)
+            self._content(msg, body if end < 0 else body[:end], partial and end < 0, [close_r])
+            return
+        found = self._marked_json(rest[start:], partial, Message(), [CR_ACTION[0]])
+        self._calls_from_array(found, msg, name_key="tool_name", args_key="parameters",
+                               id_key="tool_call_id")
+
+    def _parse_qwen3_coder(self, text, partial, msg):
+        pos = 0
+        marks = [HERMES_OPEN, FUNCTION_OPEN]
+        while True:
+            start, mark = _find_first(text, marks, pos)
+            if start < 0:
+                tail = text[pos:]
+                if msg.tool_calls:
+                    tail = tail.strip() if not partial else tail.lstrip()
+                self._content(msg, tail, partial, marks + [HERMES_CLOSE])
+                return
+            before = text[pos:start]
+            self._content(msg, before.strip() if msg.tool_calls else before, False)
+            fn = text.find(FUNCTION_OPEN, start)
+            if mark == HERMES_OPEN and (fn < 0 or text[start + len(HERMES_OPEN):fn].strip()):
+                if fn < 0 and partial:
+                    return
+                msg.content += text[start:]
+                return
+            close = text.find(">", fn)
+            if close < 0:
+                return
+            name = text[fn + len(FUNCTION_OPEN):close]
+            call, end = self._xml_call(text, close + 1, name, partial)
+            if call is not None:
+                msg.tool_calls.append(call)
+            if end is None:
+                return
+            pos = end
+            for tag in (HERMES_CLOSE,):
+                j = text.find(tag, pos)
+                if j >= 0 and not text[pos:j].strip():
+                    pos = j + len(tag)
+
+    def _xml_call(self, text, pos, name, partial):
+        """<parameter=k>\nvalue\n</parameter>... up to </function>: (ToolCall, end or None)."""
+        schema = self.params.get(name) or {}
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        props = props if isinstance(props, dict) else {}
+        parts = []
+        while True:
+            rest = text[pos:]
+            skipped = len(rest) - len(rest.lstrip())
+            pos += skipped
+            if text.startswith(FUNCTION_CLOSE, pos):
+                args = "{" + ", ".join(parts) + "}"
+                return ToolCall(name, args), pos + len(FUNCTION_CLOSE)
+            if not text.startswith(PARAMETER_OPEN, pos):
+                return ToolCall(name, "{" + ", ".join(parts)), None
+            close = text.find(">", pos)
+            end = text.find(PARAMETER_CLOSE, close) if close >= 0 else -1
+            if end < 0:
+                return ToolCall(name, "{" + ", ".join(parts)), None
+            key = text[pos + len(PARAMETER_OPEN):close]
+            raw = text[close + 1:end]
+            if raw.startswith("\n"):
+                raw = raw[1:]
+            if raw.endswith("\n"):
+                raw = raw[:-1]
+            parts.append(json.dumps(key, ensure_ascii=False) + ": " + _xml_value(raw, props.get(key)))
+            pos = end + len(PARAMETER_CLOSE)
+
     def _parse_generic(self, text, partial, msg):
         try:
             obj, end, complete, scan = scan_json(text.lstrip())
@@ -478,6 +775,28 @@ class OutputParser:
                     msg.tool_calls.append(call)
         if complete and not msg.tool_calls and "response" not in obj:
             msg.content = text      # JSON, but not ours: the model's words as they are
+
+
+def _find_first(text, marks, pos=0):
+    """(position, mark) of the earliest of `marks` in text[pos:], or (-1, None)."""
+    best = (-1, None)
+    for mark in marks:
+        i = text.find(mark, pos)
+        if i >= 0 and (best[0] < 0 or i < best[0]):
+            best = (i, mark)
+    return best
+
+
+def _xml_value(raw, schema):
+    """A bare parameter value as JSON: a string unless its schema says otherwise and it
+    parses as JSON."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind != "string":
+        try:
+            return json.dumps(json.loads(raw), ensure_ascii=False)
+        except ValueError:
+            pass
+    return json.dumps(raw, ensure_ascii=False)
 
 
 _PY_CALL = re.compile(r"^\s*([A-Za-z_][\w.]*?)\.call\((.*)\)\s*$", re.S)
@@ -576,9 +895,11 @@ def _grown(old, new):
     return new[len(old):] if len(new) > len(old) and new.startswith(old) else ""
 
 
-def parse_reply(text, fmt="content", reasoning_format="deepseek", thinking_forced_open=False):
+def parse_reply(text, fmt="content", reasoning_format="deepseek", thinking_forced_open=False,
+                tools=()):
     """The message of a complete reply, with ids for its tool calls."""
-    return StreamParser(OutputParser(fmt, reasoning_format, thinking_forced_open)).parse_all(text)
+    return StreamParser(OutputParser(fmt, reasoning_format, thinking_forced_open,
+                                     tools)).parse_all(text)
 
 
 # ---------------------------------------------------------------- prompts and schemas
@@ -602,6 +923,59 @@ def generic_system_prompt(tools, parallel):
             "(your reply to the user's request). A tool call looks like this:\n"
             f"{example}\nA reply looks like this:\n"
             '{"response": "Your reply to the user."}')
+
+
+def calls_text(fmt, calls):
+    """Earlier tool calls ([{"name", "arguments" (object), "id"}]) written the way `fmt`
+    writes them: for templates that do not render tool calls themselves, and for the
+    example in the system message of templates that do not list the tools."""
+    def dumps(value):
+        return json.dumps(value, ensure_ascii=False)
+    named = [{"name": c["name"], "arguments": c["arguments"]} for c in calls]
+    if fmt == "hermes":
+        return "\n".join(f"{HERMES_OPEN}\n{dumps(c)}\n{HERMES_CLOSE}" for c in named)
+    if fmt == "llama3":
+        return "\n".join(dumps({"name": c["name"], "parameters": c["arguments"]}) for c in named)
+    if fmt == "mistral_nemo":
+        return MISTRAL_CALLS + dumps([dict(c, id=call["id"]) for c, call in zip(named, calls)])
+    if fmt == "deepseek_r1":
+        return DS_CALLS_BEGIN + "\n".join(
+            f"{DS_CALL_BEGIN}function{DS_SEP}{c['name']}\n```json\n{dumps(c['arguments'])}\n```"
+            f"{DS_CALL_END}" for c in named) + DS_CALLS_END
+    if fmt == "functionary_v3_1":
+        return "".join(f"{FUNCTION_OPEN}{c['name']}>{dumps(c['arguments'])}{FUNCTION_CLOSE}"
+                       for c in named)
+    if fmt == "functionary_v3_2":
+        return RECIPIENT.join(f"{c['name']}\n{dumps(c['arguments'])}" for c in named)
+    if fmt == "firefunction_v2":
+        return FUNCTOOLS[:-1] + dumps(named)
+    if fmt == "command_r7b":
+        return CR_ACTION[0] + dumps([{"tool_call_id": call["id"], "tool_name": c["name"],
+                                      "parameters": c["arguments"]}
+                                     for c, call in zip(named, calls)]) + CR_ACTION[1]
+    if fmt == "granite":
+        return GRANITE_CALL + dumps(named)
+    if fmt == "qwen3_coder":
+        out = []
+        for c in named:
+            args = c["arguments"] if isinstance(c["arguments"], dict) else {}
+            params = "".join(f"{PARAMETER_OPEN}{k}>\n{v if isinstance(v, str) else dumps(v)}\n"
+                             f"{PARAMETER_CLOSE}\n" for k, v in args.items())
+            out.append(f"{HERMES_OPEN}\n{FUNCTION_OPEN}{c['name']}>\n{params}{FUNCTION_CLOSE}\n"
+                       f"{HERMES_CLOSE}")
+        return "\n".join(out)
+    with_ids = [dict(c, id=call["id"]) for c, call in zip(named, calls)]
+    shape = {"tool_calls": with_ids} if len(with_ids) > 1 else {"tool_call": with_ids[0]}
+    return dumps(shape)
+
+
+def tools_system_prompt(fmt, tools):
+    """What a template that lists no tools is told of them in a format of its own."""
+    listing = json.dumps([tool_function(t) for t in tools], indent=2, ensure_ascii=False)
+    example = calls_text(fmt, [{"name": "tool_name", "arguments": {"arg1": "value"},
+                                "id": "123456789"}])
+    return ("You can call any of the following tools to satisfy the user's requests:\n"
+            f"{listing}\n\nExample tool call syntax:\n\n{example}\n")
 
 
 def _call_object(tool, args_key="arguments", with_id=False):

@@ -9,13 +9,21 @@ import random
 import pytest
 
 from runtime import tool_calls as tc
+from tests import llama_cpp_sdist
 
-TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                         "shared", "testdata", "templates")
 
 ASSIST = "Hello, world!\nWhat's up?"
 THOUGHTS = "I'm\nthinking"
 CALL = ("special_function", '{"arg1": 1}')
+DS_CALL = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>special_function\n"
+           "```json\n{\"arg1\": 1}```<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+SPECIAL_TOOL = {"type": "function", "function": {
+    "name": "special_function", "description": "I'm special",
+    "parameters": {"type": "object", "properties": {"arg1": {"type": "integer"}},
+                   "required": ["arg1"]}}}
+STRING_TOOL = {"type": "function", "function": {
+    "name": "echo", "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
+                                   "required": ["text"]}}}
 
 # (format, options, model output, content, reasoning, [(name, arguments, id or None)])
 CASES = [
@@ -50,6 +58,43 @@ CASES = [
     ("generic", {}, '{"tool_calls": [{"name": "special_function", "arguments": {"arg1": 1}}, '
                     '{"name": "f2", "arguments": {}}]}', "", "", [CALL, ("f2", "{}")]),
     ("generic", {}, json.dumps({"response": ASSIST}), ASSIST, "", []),
+    # DeepSeek R1 (llama-cpp-deepseek-r1.jinja forces <think> open; the Qwen distill does not)
+    ("deepseek_r1", {"thinking_forced_open": True},
+     "</think>" + DS_CALL, "", "", [CALL]),
+    ("deepseek_r1", {}, DS_CALL, "", "", [CALL]),
+    ("deepseek_r1", {"thinking_forced_open": True}, "I'm\nthinking</think>" + ASSIST, ASSIST,
+     THOUGHTS, []),
+    ("deepseek_r1", {}, ASSIST + "\n" + DS_CALL.replace("<｜tool▁calls▁begin｜>",
+                                                       "<｜tool calls begin｜>"),
+     ASSIST, "", [CALL]),
+    ("functionary_v3_1", {}, '<function=special_function>{"arg1": 1}</function>', "", "",
+     [CALL]),
+    ("functionary_v3_1", {}, ASSIST, ASSIST, "", []),
+    ("functionary_v3_2", {}, "all\n" + ASSIST, ASSIST, "", []),
+    ("functionary_v3_2", {}, 'special_function\n{"arg1": 1}', "", "", [CALL]),
+    ("firefunction_v2", {}, ' functools[{"name": "special_function", "arguments": {"arg1": 1}}]',
+     "", "", [CALL]),
+    ("firefunction_v2", {}, ASSIST, ASSIST, "", []),
+    ("command_r7b", {}, "<|START_RESPONSE|>" + ASSIST + "<|END_RESPONSE|>", ASSIST, "", []),
+    ("command_r7b", {}, "<|START_THINKING|>I'm\nthinking<|END_THINKING|><|START_ACTION|>[\n"
+                        '    {"tool_call_id": "0", "tool_name": "special_function", '
+                        '"parameters": {"arg1": 1}}\n]<|END_ACTION|>', "", THOUGHTS,
+     [CALL + ("0",)]),
+    ("granite", {}, '<|tool_call|>[{"name": "special_function", "arguments": {"arg1": 1}}]',
+     "", "", [CALL]),
+    ("granite", {}, "<think>I'm\nthinking</think>" + ASSIST, ASSIST, THOUGHTS, []),
+    ("qwen3_coder", {"tools": [SPECIAL_TOOL]}, ASSIST, ASSIST, "", []),
+    ("qwen3_coder", {"tools": [SPECIAL_TOOL]}, "<tool_call>\n<function=special_function>\n"
+     "<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>", "", "", [CALL]),
+    ("qwen3_coder", {"tools": [SPECIAL_TOOL]}, "<function=special_function>\n"
+     "<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>", "", "", [CALL]),
+    ("qwen3_coder", {"tools": [SPECIAL_TOOL]}, "Let me call it.\n<function=special_function>\n"
+     "<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>", "Let me call it.\n", "",
+     [CALL]),
+    ("qwen3_coder", {"tools": [SPECIAL_TOOL, STRING_TOOL]}, "<tool_call>\n<function=special_function>\n"
+     "<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
+     "<function=echo>\n<parameter=text>\n1\n</parameter>\n</function>\n</tool_call>", "", "",
+     [CALL, ("echo", '{"text": "1"}')]),
     ("content", {"thinking_forced_open": True}, "</think>" + ASSIST, ASSIST, "", []),
     ("content", {"thinking_forced_open": True}, "I'm\nthinking</think>" + ASSIST, ASSIST,
      THOUGHTS, []),
@@ -142,9 +187,8 @@ def test_scan_json_prefixes():
 
 
 def template(name):
-    path = os.path.join(TEMPLATES, name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is not here (../shared/testdata)")
+    """A chat template of llama.cpp's models/templates (tests/llama_cpp_sdist.py)."""
+    path = os.path.join(llama_cpp_sdist.require("models/templates"), name)
     with open(path, encoding="utf-8") as f:
         return f.read()
 
@@ -155,7 +199,18 @@ def template(name):
     ("meta-llama-Llama-3.1-8B-Instruct.jinja", "llama3", False),
     ("meta-llama-Llama-3.2-3B-Instruct.jinja", "llama3", False),
     ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral_nemo", False),
-    ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", "generic", True),
+    ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", "deepseek_r1", True),
+    ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "deepseek_r1", True),
+    ("llama-cpp-deepseek-r1.jinja", "deepseek_r1", True),
+    ("meetkai-functionary-medium-v3.1.jinja", "functionary_v3_1", False),
+    ("meetkai-functionary-medium-v3.2.jinja", "functionary_v3_2", False),
+    ("fireworks-ai-llama-3-firefunction-v2.jinja", "firefunction_v2", False),
+    ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "command_r7b", False),
+    ("ibm-granite-granite-3.3-2B-Instruct.jinja", "granite", True),
+    ("ibm-granite-granite-4.0.jinja", "hermes", False),
+    ("Qwen3-Coder.jinja", "qwen3_coder", False),
+    ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja", "hermes", False),
+    ("meta-llama-Llama-3.3-70B-Instruct.jinja", "llama3", False),
     ("google-gemma-2-2b-it.jinja", "generic", False),
     ("microsoft-Phi-3.5-mini-instruct.jinja", "generic", False),
 ])
@@ -173,12 +228,26 @@ WEATHER = {"type": "function", "function": {
 
 @pytest.mark.parametrize("name", ["Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen-Qwen3-0.6B.jinja",
                                   "meta-llama-Llama-3.1-8B-Instruct.jinja",
-                                  "mistralai-Mistral-Nemo-Instruct-2407.jinja"])
+                                  "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+                                  "llama-cpp-deepseek-r1.jinja",
+                                  "meetkai-functionary-medium-v3.1.jinja",
+                                  "meetkai-functionary-medium-v3.2.jinja",
+                                  "fireworks-ai-llama-3-firefunction-v2.jinja",
+                                  "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
+                                  "ibm-granite-granite-3.3-2B-Instruct.jinja",
+                                  "Qwen3-Coder.jinja"])
 def test_templates_render_tools_calls_and_results(name):
-    """The tools, an earlier call and its result all reach the prompt text."""
+    """The tools, an earlier call and its result all reach the prompt text, through the
+    server's preparation: arguments as a JSON string for templates that concatenate
+    them, calls written in the family's own text for templates that drop them."""
     from runtime.chat import ChatTemplate
+    from runtime.server.chat import TemplateCaps, _polyfill
     tmpl = ChatTemplate(template(name), bos_token="<s>", eos_token="</s>")
-    call_id = tc.new_call_id(tc.detect_format(tmpl.source))
+    caps = TemplateCaps(tmpl)
+    fmt = tc.detect_format(tmpl.source)
+    assert caps.tool_calls == (name != "ibm-granite-granite-3.3-2B-Instruct.jinja")
+    assert caps.object_arguments == (name != "meetkai-functionary-medium-v3.2.jinja")
+    call_id = tc.new_call_id(fmt)
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": "", "tool_calls": [
@@ -187,9 +256,16 @@ def test_templates_render_tools_calls_and_results(name):
         {"role": "tool", "tool_call_id": call_id, "name": "get_weather",
          "content": "Sunny, 25 C"},
     ]
-    text = tmpl.render(messages, True, {"tools": [WEATHER]})
+    messages = _polyfill(messages, caps, fmt, [WEATHER], "auto", False)
+    text = tmpl.render(messages, True, {"tools": [WEATHER],
+                                        "functions": json.dumps([WEATHER], indent=2),
+                                        "datetime": "Dec 01 2026"})
     assert "Get the weather" in text
-    assert '"Paris"' in text
+    call = text.split("Sunny, 25 C")[0].split("Get the weather")[-1]
+    assert "Paris" in call and "get_weather" in call
+    if not caps.tool_calls:
+        assert tc.calls_text(fmt, [{"name": "get_weather", "arguments": {"city": "Paris"},
+                                    "id": call_id}]) in call
     assert "Sunny, 25 C" in text
 
 

@@ -156,6 +156,7 @@ class TemplateCaps:
         self.source = source
         self.tools = "tools" in source
         self.tool_calls = self.tool_responses = False
+        self.object_arguments = True
         if not source:
             return
         # Nine letters and digits: Mistral's templates refuse any other call id.
@@ -165,10 +166,20 @@ class TemplateCaps:
                  {"role": "assistant", "content": "", "tool_calls": [call]},
                  {"role": "tool", "tool_call_id": "probe1234", "name": "probe_fn_7d1f",
                   "content": "probe result 7d1f"}]
+        self.object_arguments = True
+        context = {"functions": "[]", "datetime": ""}    # FireFunction reads both unguarded
         try:
-            text = fmt.render(probe, False)
+            text = fmt.render(probe, False, context)
         except Exception:
-            return
+            text = ""
+        if "probe_fn_7d1f" not in text:
+            # Some templates (Functionary v3.2) concatenate the arguments: a JSON string.
+            call["function"]["arguments"] = '{"probe": 1}'
+            try:
+                text = fmt.render(probe, False, context)
+                self.object_arguments = "probe_fn_7d1f" not in text
+            except Exception:
+                return
         self.tool_calls = "probe_fn_7d1f" in text
         self.tool_responses = "probe result 7d1f" in text
 
@@ -185,18 +196,23 @@ def _polyfill(messages, caps, fmt, tools, tool_choice, parallel):
     """Messages a tool-unaware template can render: tools in the system message, tool
     calls as the JSON the generic format answers in, tool results as user turns."""
     out = [dict(m) for m in messages]
-    if fmt == "generic" and tools and tool_choice != "none" and not caps.tools:
-        prompt = tc.generic_system_prompt(tools, parallel)
+    if tools and tool_choice != "none" and not caps.tools and fmt != "content":
+        prompt = (tc.generic_system_prompt(tools, parallel) if fmt == "generic"
+                  else tc.tools_system_prompt(fmt, tools))
         if out and out[0]["role"] == "system":
             out[0]["content"] = (out[0]["content"] + "\n\n" + prompt).lstrip()
         else:
             out.insert(0, {"role": "system", "content": prompt})
     for m in out:
+        if m.get("tool_calls") and caps.tool_calls and not caps.object_arguments:
+            m["tool_calls"] = [dict(c, function=dict(c["function"], arguments=json.dumps(
+                c["function"]["arguments"], ensure_ascii=False)
+                if not isinstance(c["function"]["arguments"], str) else c["function"]["arguments"]))
+                for c in m["tool_calls"]]
         if m.get("tool_calls") and not caps.tool_calls:
             calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"],
                       "id": c["id"]} for c in m.pop("tool_calls")]
-            shape = {"tool_calls": calls} if len(calls) > 1 else {"tool_call": calls[0]}
-            text = json.dumps(shape, ensure_ascii=False)
+            text = tc.calls_text(fmt if fmt != "content" else "generic", calls)
             m["content"] = (m["content"] + "\n" + text) if m["content"] else text
         if m["role"] == "tool" and not caps.tool_responses:
             m["role"] = "user"
