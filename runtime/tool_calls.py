@@ -629,6 +629,8 @@ class OutputParser:
         segments = text.split(RECIPIENT)
         for i, seg in enumerate(segments):
             last = i == len(segments) - 1
+            if i == 0 and not seg and not last:
+                continue        # the reply opened with >>> itself
             name, newline, body = seg.partition("\n")
             if not newline:
                 if not (partial and last) and seg.strip():
@@ -978,17 +980,14 @@ def tools_system_prompt(fmt, tools):
             f"{listing}\n\nExample tool call syntax:\n\n{example}\n")
 
 
-def _call_object(tool, args_key="arguments", with_id=False):
+def _call_object(tool):
     fn = tool_function(tool)
     params = fn.get("parameters")
     if not isinstance(params, dict) or not params:
         params = {"type": "object"}
-    props = {"name": {"const": fn.get("name", "")}, args_key: params}
-    required = ["name", args_key]
-    if with_id:
-        props["id"] = {"type": "string", "minLength": 9, "maxLength": 9}
-        required.append("id")
-    return {"type": "object", "properties": props, "required": required}
+    return {"type": "object", "properties": {"name": {"const": fn.get("name", "")},
+                                             "arguments": params},
+            "required": ["name", "arguments"]}
 
 
 def _any_of(schemas):
@@ -996,9 +995,8 @@ def _any_of(schemas):
 
 
 def constrained_reply(fmt, tools, parallel, allow_content):
-    """How a reply that must call a tool (or, for the generic format, any reply) is
-    constrained: a list of ("text", literal) and ("json", schema) parts, in order.
-    None when the format leaves free text alone."""
+    """How a generic reply is constrained: [("json", schema)] of {response} or
+    {tool_call(s)}. The other families' calls have grammars (runtime/tool_grammar.py)."""
     if fmt == "generic":
         call = _any_of([_call_object(t) for t in tools])
         if parallel:
@@ -1012,17 +1010,4 @@ def constrained_reply(fmt, tools, parallel, allow_content):
                         "required": ["response"]}
             return [("json", {"anyOf": [calls, response]})]
         return [("json", calls)]
-    if allow_content:
-        return None
-    if fmt == "hermes":
-        return [("text", HERMES_OPEN + "\n"), ("json", _any_of([_call_object(t) for t in tools])),
-                ("text", "\n" + HERMES_CLOSE)]
-    if fmt == "llama3":
-        return [("json", _any_of([_call_object(t, "parameters") for t in tools]))]
-    if fmt == "mistral_nemo":
-        item = _any_of([_call_object(t, with_id=True) for t in tools])
-        array = {"type": "array", "items": item, "minItems": 1}
-        if not parallel:
-            array["maxItems"] = 1
-        return [("text", MISTRAL_CALLS), ("json", array)]
     return None

@@ -12,6 +12,7 @@ model is asked to answer in, and tool results as user turns.
 import json
 
 from runtime import tool_calls as tc
+from runtime import tool_grammar
 from runtime.server import params
 from runtime.server.errors import ApiError
 
@@ -317,18 +318,30 @@ class ChatRequest:
         self.prompt_text = prompt.text(app.chat_format)
         self.prompt_tokens = conversation.text_tokens(self.prompt_text)
         forced_open = self.prompt_text.rstrip().endswith(tc.THINK_OPEN)
-        self.parser = tc.OutputParser(self.fmt, reasoning, forced_open)
+        self.parser = tc.OutputParser(self.fmt, reasoning, forced_open, self.tools)
+        self._thinking = ("forced" if forced_open else
+                          "maybe" if tc.template_thinks(source) else None)
 
         self._tokenizer = tokenizer
         self._body = body
         self._default_grammar = app.default_grammar
         self._use_tools = use_tools
         self._tool_parts = None
-        if use_tools:
-            parts = tc.constrained_reply(self.fmt, allowed, self.parallel,
-                                         allow_content=self.tool_choice == "auto")
-            self._tool_parts = parts or None
-        self.constraint = self.make_constraint()
+        self._tool_grammar = None
+        if use_tools and self.fmt == "generic":
+            self._tool_parts = tc.constrained_reply(self.fmt, allowed, self.parallel,
+                                                    allow_content=self.tool_choice == "auto")
+        elif use_tools:
+            try:
+                self._tool_grammar = tool_grammar.call_grammar(self.fmt, allowed, self.parallel,
+                                                               tokenizer)
+                self.constraint = self.make_constraint()    # compiled once, errors now
+            except ValueError as e:
+                from runtime import constraint as engine
+                status = 413 if engine.is_limit_error(e) else 400
+                raise ApiError(status, f"tool parameters schema: {e}", param="tools") from None
+        if self._tool_grammar is None:
+            self.constraint = self.make_constraint()
         self.shown_tokens = set()
         for marker in tc.markers(self.fmt):
             ids = tokenizer.encode(marker, add_special=False, parse_special=True)
@@ -339,6 +352,12 @@ class ChatRequest:
         """A fresh constraint for one generation (constraints hold state), or None."""
         if self._tool_parts is not None:
             return ToolCallConstraint(self._tokenizer, self._tool_parts)
+        if self._tool_grammar is not None:
+            text, triggers = self._tool_grammar
+            if self.tool_choice == "required":
+                from runtime import constraint as engine
+                return engine.from_grammar(self._tokenizer, text)
+            return tool_grammar.LazyConstraint(self._tokenizer, text, triggers, self._thinking)
         if self._use_tools:
             return None
         return params.constraint(self._tokenizer, self._body, self._default_grammar)
