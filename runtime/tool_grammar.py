@@ -74,9 +74,10 @@ def _alternatives(names):
     return " | ".join(names)
 
 
-def call_grammar(fmt, tools, parallel, tokenizer):
+def call_grammar(fmt, tools, parallel, tokenizer, builtin_tools=()):
     """(GBNF, triggers) for the tool-call part of a reply in format `fmt`, or None for
-    formats without one (generic replies are constrained whole, by schema)."""
+    formats without one (generic replies are constrained whole, by schema).
+    `builtin_tools`: names Llama 3.1 calls as <|python_tag|>name.call(..) (builtin_tools())."""
     def m(text):
         return _marker(tokenizer, text)
 
@@ -90,8 +91,8 @@ def call_grammar(fmt, tools, parallel, tokenizer):
                   f"root ::= {_repeat('block', parallel)}"]
         triggers.append(("word", tc.HERMES_OPEN))
     elif fmt == "llama3":
-        plain = [t for t in tools if _name(t) not in tc.BUILTIN_TOOLS]
-        builtin = [t for t in tools if _name(t) in tc.BUILTIN_TOOLS]
+        plain = [t for t in tools if _name(t) not in builtin_tools]
+        builtin = [t for t in tools if _name(t) in builtin_tools]
         roots = []
         if plain:
             named["call"] = _any_of([_call_schema(t, "parameters") for t in plain])
@@ -177,6 +178,14 @@ def call_grammar(fmt, tools, parallel, tokenizer):
         compiled.append((kind, value.encode() if kind == "word"
                          else re.compile(value.encode())))
     return text, compiled
+
+
+def builtin_tools(fmt, template_source, tools):
+    """The tools a Llama 3.1 template calls as built-ins (brave_search, wolfram_alpha,
+    code_interpreter...): its `builtin_tools` variable, as llama.cpp sets it."""
+    if fmt != "llama3" or tc.PYTHON_TAG not in (template_source or ""):
+        return []
+    return [_name(t) for t in tools if _name(t) in tc.BUILTIN_TOOLS]
 
 
 class LazyConstraint:

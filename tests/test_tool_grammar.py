@@ -13,10 +13,11 @@ from runtime.constraint import from_grammar
 from runtime.grammar import Automaton, Grammar
 from runtime.json_schema import validate
 from runtime.sampling import Sampler, SamplingParams
-from runtime.tool_grammar import LazyConstraint, call_grammar
+from runtime.tool_grammar import LazyConstraint, builtin_tools, call_grammar
 from tests.test_grammar import ByteTokenizer
 from tests.test_tool_calls import CASES, SPECIAL_TOOL, STRING_TOOL
 
+BUILTIN = ["brave_search"]
 GRAMMAR_FORMATS = [f for f in tc.FORMATS if f not in ("content", "generic")]
 BRAVE = {"type": "function", "function": {"name": "brave_search", "parameters": {
     "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}
@@ -36,7 +37,7 @@ def tools_for(fmt):
 @pytest.mark.parametrize("fmt", GRAMMAR_FORMATS)
 def test_grammar_accepts_the_reference_call_texts(fmt):
     """The call part of every test-chat.cpp text with calls (content before it cut off)."""
-    text, triggers = call_grammar(fmt, tools_for(fmt), True, TextTokenizer())
+    text, triggers = call_grammar(fmt, tools_for(fmt), True, TextTokenizer(), BUILTIN)
     automaton = Automaton(Grammar(text))
     seen = 0
     for case_fmt, options, reply, _content, _reasoning, calls in CASES:
@@ -79,7 +80,7 @@ def test_required_calls_always_parse_and_validate(fmt):
     tok = TextTokenizer()
     tools = tools_for(fmt)
     schemas = {tc.tool_function(t)["name"]: tc.tool_function(t)["parameters"] for t in tools}
-    text, _ = call_grammar(fmt, tools, False, tok)
+    text, _ = call_grammar(fmt, tools, False, tok, BUILTIN)
     # Favour closing characters so replies finish within the budget.
     bias = {b + 1: 2.5 for b in b'"}]>\n</'}
     finished = 0
@@ -179,3 +180,35 @@ def test_lazy_decoding_finishes_calls_it_starts():
         assert msg.content == "Let me call it." and len(msg.tool_calls) == 1
         args = json.loads(msg.tool_calls[0].arguments)
         assert validate(args, SPECIAL_TOOL["function"]["parameters"]) == []
+
+
+def test_llama31_builtin_tools():
+    """Llama 3.1's built-ins: listed by the template from `builtin_tools`, called with
+    <|python_tag|>, read back as calls, and held to that shape by the grammar."""
+    from runtime.chat import ChatTemplate
+    from tests.test_tool_calls import template
+    source = template("meta-llama-Llama-3.1-8B-Instruct.jinja")
+    names = builtin_tools("llama3", source, [SPECIAL_TOOL, BRAVE])
+    assert names == ["brave_search"]
+    assert builtin_tools("llama3", template("meta-llama-Llama-3.2-3B-Instruct.jinja"),
+                         [BRAVE]) == []
+    tmpl = ChatTemplate(source, bos_token="<s>", eos_token="</s>")
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "brave_search", "arguments": {"query": "llamas"}}}
+    text = tmpl.render([{"role": "user", "content": "Search llamas"},
+                        {"role": "assistant", "content": "", "tool_calls": [call]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "many"}], True,
+                       {"tools": [SPECIAL_TOOL, BRAVE], "builtin_tools": names,
+                        "date_string": "01 Dec 2026"})
+    assert "Tools: brave_search" in text
+    assert '<|python_tag|>brave_search.call(query="llamas")' in text
+    msg = tc.parse_reply('<|python_tag|>brave_search.call(query="llamas in Peru")', "llama3")
+    assert [(c.name, json.loads(c.arguments)) for c in msg.tool_calls] == [
+        ("brave_search", {"query": "llamas in Peru"})]
+    tok = TextTokenizer()
+    gbnf, triggers = call_grammar("llama3", [SPECIAL_TOOL, BRAVE], False, tok, names)
+    assert ("word", b"<|python_tag|>") in triggers
+    automaton = Automaton(Grammar(gbnf))
+    assert automaton.matches(b'<|python_tag|>brave_search.call(query="llamas")')
+    assert not automaton.matches(b'<|python_tag|>brave_search.call(q="llamas")')
+    assert automaton.matches(b'{"name": "special_function", "parameters": {"arg1": 1}}')

@@ -313,6 +313,9 @@ class ChatRequest:
         # dates templates read, as llama-server renders them.
         prompt = params.ChatPrompt(app, body, rendered,
                                    self.tools if self.tools and caps.tools else None)
+        builtin = tool_grammar.builtin_tools(self.fmt, source, self.tools) if use_tools else []
+        if builtin:
+            prompt.context["builtin_tools"] = builtin
         conversation = Conversation(app.chat_format, tokenizer)
         conversation.messages = rendered
         self.prompt_text = prompt.text(app.chat_format)
@@ -334,7 +337,7 @@ class ChatRequest:
         elif use_tools:
             try:
                 self._tool_grammar = tool_grammar.call_grammar(self.fmt, allowed, self.parallel,
-                                                               tokenizer)
+                                                               tokenizer, builtin)
                 self.constraint = self.make_constraint()    # compiled once, errors now
             except ValueError as e:
                 from runtime import constraint as engine
