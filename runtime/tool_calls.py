@@ -15,6 +15,8 @@ parse the reply with that family's parser:
   command_r7b   Command R7B:  <|START_THINKING|>..<|END_THINKING|><|START_ACTION|>[{"tool_call_id":
                 .., "tool_name": .., "parameters": ..}]<|END_ACTION|>, text in <|START_RESPONSE|>
   granite       Granite 3.x:  <|tool_call|>[{"name": .., "arguments": ..}]
+  gpt_oss       GPT-OSS (harmony):  <|channel|>analysis<|message|>..<|end|><|start|>assistant
+                <|channel|>commentary to=functions.name <|constrain|>json<|message|>{..}
   qwen3_coder   Qwen3-Coder (and Nemotron Nano 3, Qwen 3.5):  <tool_call>\n<function=name>\n
                 <parameter=key>\nvalue\n</parameter>\n</function>\n</tool_call>
   generic       any other template: the whole reply is JSON, constrained while decoding,
@@ -40,7 +42,7 @@ from runtime.sampling import partial_stop_suffix    # text that may begin a mark
 
 FORMATS = ("content", "generic", "hermes", "llama3", "mistral_nemo", "deepseek_r1",
            "functionary_v3_1", "functionary_v3_2", "firefunction_v2", "command_r7b", "granite",
-           "qwen3_coder")
+           "qwen3_coder", "gpt_oss")
 REASONING_FORMATS = ("none", "deepseek", "auto")
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -61,6 +63,9 @@ CR_THINK = ("<|START_THINKING|>", "<|END_THINKING|>")
 CR_RESPONSE = ("<|START_RESPONSE|>", "<|END_RESPONSE|>")
 CR_ACTION = ("<|START_ACTION|>", "<|END_ACTION|>")
 GRANITE_CALL = "<|tool_call|>"
+OSS_START, OSS_CHANNEL, OSS_MESSAGE = "<|start|>", "<|channel|>", "<|message|>"
+OSS_CONSTRAIN, OSS_ENDS = "<|constrain|>", ("<|end|>", "<|call|>", "<|return|>")
+OSS_TO = " to=functions."
 # Llama 3.1's built-in tools (the template's `builtin_tools`), called as
 # <|python_tag|>name.call(arg="..."), and the argument each one takes.
 BUILTIN_TOOLS = {"brave_search": "query", "web_search": "query", "wolfram_alpha": "query",
@@ -71,6 +76,8 @@ def detect_format(template_source):
     """The tool-call family a chat template teaches, from its source text (the markers
     llama.cpp's common/chat.cpp looks for; most specific first)."""
     src = template_source or ""
+    if OSS_CHANNEL in src:
+        return "gpt_oss"
     if DS_CALLS_BEGIN in src:
         return "deepseek_r1"
     if ">>>all" in src:
@@ -108,6 +115,7 @@ MARKERS = {
     "command_r7b": list(CR_THINK + CR_RESPONSE + CR_ACTION), "granite": [GRANITE_CALL],
     "qwen3_coder": [HERMES_OPEN, HERMES_CLOSE, FUNCTION_OPEN, FUNCTION_CLOSE, PARAMETER_OPEN,
                     PARAMETER_CLOSE],
+    "gpt_oss": [OSS_START, OSS_CHANNEL, OSS_MESSAGE, OSS_CONSTRAIN] + list(OSS_ENDS),
 }
 
 
@@ -721,6 +729,47 @@ class OutputParser:
                 if j >= 0 and not text[pos:j].strip():
                     pos = j + len(tag)
 
+    def _parse_gpt_oss(self, text, partial, msg):
+        """Harmony messages: a header (recipient, channel) then <|message|> and a body up
+        to <|end|> / <|call|>. analysis is reasoning, final and commentary are content,
+        a message to functions.NAME is a call; other recipients (built-in tools the
+        request did not offer) are dropped."""
+        pos = 0
+        while pos < len(text):
+            body_at = text.find(OSS_MESSAGE, pos)
+            if body_at < 0:
+                if not partial and not text[pos:].startswith((OSS_START, OSS_CHANNEL)):
+                    msg.content += text[pos:]        # not harmony at all
+                return
+            header = text[pos:body_at]
+            before, _, after = header.rpartition(OSS_CHANNEL)
+            channel = after.split(" ")[0].split("<|")[0].strip()
+            recipient = _recipient(after) or _recipient(before.rpartition(OSS_START)[2]
+                                                        if OSS_START in before else before)
+            start = body_at + len(OSS_MESSAGE)
+            end, mark = _find_first(text, OSS_ENDS, start)
+            body = text[start:] if end < 0 else text[start:end]
+            if end < 0 and partial:
+                body = body[:len(body) - partial_stop_suffix(body, list(OSS_ENDS) + [OSS_START])]
+            if recipient and recipient.startswith("functions."):
+                first = len(body) - len(body.lstrip())
+                if body.strip():
+                    msg.tool_calls.append(ToolCall(recipient[len("functions."):],
+                                                   body[first:].rstrip()))
+            elif recipient and recipient != "assistant":
+                pass
+            elif channel == "analysis":
+                if self.reasoning:
+                    msg.reasoning_content += body
+                else:
+                    msg.content += OSS_CHANNEL + "analysis" + OSS_MESSAGE + body + (
+                        mark if end >= 0 else "")
+            else:
+                msg.content += body
+            if end < 0:
+                return
+            pos = end + len(mark)
+
     def _xml_call(self, text, pos, name, partial):
         """<parameter=k>\nvalue\n</parameter>... up to </function>: (ToolCall, end or None)."""
         schema = self.params.get(name) or {}
@@ -787,6 +836,12 @@ def _find_first(text, marks, pos=0):
         if i >= 0 and (best[0] < 0 or i < best[0]):
             best = (i, mark)
     return best
+
+
+def _recipient(header):
+    """The NAME of " to=NAME" in a harmony header, or None."""
+    m = re.search(r"\bto=([^\s<]+)", header)
+    return m.group(1) if m else None
 
 
 def _xml_value(raw, schema):
@@ -957,6 +1012,10 @@ def calls_text(fmt, calls):
                                      for c, call in zip(named, calls)]) + CR_ACTION[1]
     if fmt == "granite":
         return GRANITE_CALL + dumps(named)
+    if fmt == "gpt_oss":
+        return "".join(f"{OSS_START}assistant{OSS_CHANNEL}commentary to=functions.{c['name']} "
+                       f"{OSS_CONSTRAIN}json{OSS_MESSAGE}{dumps(c['arguments'])}<|call|>"
+                       for c in named)
     if fmt == "qwen3_coder":
         out = []
         for c in named:

@@ -170,6 +170,17 @@ def call_grammar(fmt, tools, parallel, tokenizer, builtin_tools=()):
                   f"{m(tc.HERMES_CLOSE)}",
                   f"root ::= {_repeat('block', parallel, NEWLINE)}"]
         triggers += [("word", tc.HERMES_OPEN), ("word", tc.FUNCTION_OPEN)]
+    elif fmt == "gpt_oss":
+        channel = f"{m(tc.OSS_CHANNEL)} (\"commentary\" | \"analysis\")"
+        for fn, t in zip(fns, tools):
+            named[f"{fn}-args"] = _params(t)
+            to = literal(tc.OSS_TO + _name(t))
+            lines.append(f"{fn} ::= ({to} {channel} | {channel} {to}) "
+                         f"(\" \" {m(tc.OSS_CONSTRAIN)} \"json\")? {m(tc.OSS_MESSAGE)} "
+                         f"{fn}-args")
+        lines.append(f"root ::= ({m(tc.OSS_START)} \"assistant\")? ({_alternatives(fns)})")
+        triggers += [("word", tc.OSS_TO), ("word", tc.OSS_CHANNEL + "commentary" + tc.OSS_TO),
+                     ("word", tc.OSS_CHANNEL + "analysis" + tc.OSS_TO)]
     else:
         return None
     text = schema_rules(named) + "\n".join(lines) + "\n"

@@ -95,6 +95,37 @@ CASES = [
      "<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
      "<function=echo>\n<parameter=text>\n1\n</parameter>\n</function>\n</tool_call>", "", "",
      [CALL, ("echo", '{"text": "1"}')]),
+    # GPT-OSS (harmony channels)
+    ("gpt_oss", {}, "<|channel|>final<|message|>" + ASSIST, ASSIST, "", []),
+    ("gpt_oss", {}, "<|channel|>commentary<|message|>" + ASSIST, ASSIST, "", []),
+    ("gpt_oss", {}, "<|channel|>analysis<|message|>I'm\nthinking<|end|><|start|>assistant"
+                    "<|channel|>final<|message|>" + ASSIST, ASSIST, THOUGHTS, []),
+    ("gpt_oss", {"reasoning_format": "none"}, "<|channel|>analysis<|message|>I'm\nthinking"
+     "<|end|><|start|>assistant<|channel|>final<|message|>" + ASSIST,
+     "<|channel|>analysis<|message|>I'm\nthinking<|end|>" + ASSIST, "", []),
+    ("gpt_oss", {}, ' to=functions.special_function<|channel|>analysis<|message|>{"arg1": 1}',
+     "", "", [CALL]),
+    ("gpt_oss", {}, '<|channel|>analysis to=functions.special_function<|message|>{"arg1": 1}',
+     "", "", [CALL]),
+    ("gpt_oss", {}, " to=functions.special_function<|channel|>analysis <|constrain|>json"
+                    '<|message|>{"arg1": 1}', "", "", [CALL]),
+    ("gpt_oss", {}, '<|channel|>commentary to=functions.special_function<|message|>{"arg1": 1}',
+     "", "", [CALL]),
+    ("gpt_oss", {}, "<|channel|>analysis<|message|>I'm\nthinking<|end|><|start|>assistant "
+                    'to=functions.special_function<|channel|>analysis<|message|>{"arg1": 1}',
+     "", THOUGHTS, [CALL]),
+    ("gpt_oss", {}, "<|channel|>analysis<|message|>I will execute python to say hello<|end|>"
+                    "<|start|>assistant to=container.exec<|channel|>commentary<|message|>"
+                    "python3 -c 'print(\"hello\")'", "", "I will execute python to say hello", []),
+    ("gpt_oss", {}, "<|channel|>analysis<|message|>I will execute python to say hello<|end|>"
+                    "<|start|>assistant<|channel|>commentary to=python <|constrain|>code"
+                    '<|message|>print("hello")', "", "I will execute python to say hello", []),
+    ("gpt_oss", {}, "<|channel|>commentary to=assistant<|channel|>analysis<|message|>I'm\n"
+                    "thinking<|end|><|start|>assistant<|channel|>final<|message|>" + ASSIST,
+     ASSIST, THOUGHTS, []),
+    ("gpt_oss", {}, "<|channel|>analysis<|message|>I'm\nthinking<|end|><|start|>assistant"
+                    "<|channel|>commentary to=assistant<|channel|>final<|message|>" + ASSIST,
+     ASSIST, THOUGHTS, []),
     ("content", {"thinking_forced_open": True}, "</think>" + ASSIST, ASSIST, "", []),
     ("content", {"thinking_forced_open": True}, "I'm\nthinking</think>" + ASSIST, ASSIST,
      THOUGHTS, []),
@@ -209,6 +240,7 @@ def template(name):
     ("ibm-granite-granite-3.3-2B-Instruct.jinja", "granite", True),
     ("ibm-granite-granite-4.0.jinja", "hermes", False),
     ("Qwen3-Coder.jinja", "qwen3_coder", False),
+    ("openai-gpt-oss-120b.jinja", "gpt_oss", False),
     ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja", "hermes", False),
     ("meta-llama-Llama-3.3-70B-Instruct.jinja", "llama3", False),
     ("google-gemma-2-2b-it.jinja", "generic", False),
@@ -235,7 +267,7 @@ WEATHER = {"type": "function", "function": {
                                   "fireworks-ai-llama-3-firefunction-v2.jinja",
                                   "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
                                   "ibm-granite-granite-3.3-2B-Instruct.jinja",
-                                  "Qwen3-Coder.jinja"])
+                                  "Qwen3-Coder.jinja", "openai-gpt-oss-120b.jinja"])
 def test_templates_render_tools_calls_and_results(name):
     """The tools, an earlier call and its result all reach the prompt text, through the
     server's preparation: arguments as a JSON string for templates that concatenate
