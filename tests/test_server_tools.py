@@ -241,3 +241,21 @@ def test_hermes_format_required_call(qwen_template_server):
                         if chunk.choices      # not the closing usage chunk
                         for c in chunk.choices[0].delta.tool_calls or [])
     assert arguments == message.tool_calls[0].function.arguments
+
+
+def test_hermes_auto_call_is_held_to_the_schema(qwen_template_server):
+    """tool_choice auto under Qwen 2.5's template: free text until the model writes
+    <tool_call> (pushed here with logit_bias), then the rest is held to the call's
+    schema, so the call parses and validates at any temperature."""
+    client = openai.OpenAI(base_url=qwen_template_server.url + "/v1", api_key="none",
+                           max_retries=0, timeout=300)
+    for seed in (1, 2, 3):
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Book a table for two."}],
+            tools=[WEATHER, BOOK], tool_choice="auto", max_tokens=120, temperature=1.2,
+            seed=seed, extra_body={"logit_bias": [["<tool_call>", 8.0]]})
+        message = reply.choices[0].message
+        assert message.tool_calls, message.content
+        for call in message.tool_calls:
+            assert_valid_call(call)
+        assert reply.choices[0].finish_reason == "tool_calls"
