@@ -1053,20 +1053,18 @@ def _any_of(schemas):
     return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
 
 
-def constrained_reply(fmt, tools, parallel, allow_content):
-    """How a generic reply is constrained: [("json", schema)] of {response} or
-    {tool_call(s)}. The other families' calls have grammars (runtime/tool_grammar.py)."""
-    if fmt == "generic":
-        call = _any_of([_call_object(t) for t in tools])
-        if parallel:
-            calls = {"type": "object", "properties": {"tool_calls": {
-                "type": "array", "items": call, "minItems": 1}}, "required": ["tool_calls"]}
-        else:
-            calls = {"type": "object", "properties": {"tool_call": call},
-                     "required": ["tool_call"]}
-        if allow_content:
-            response = {"type": "object", "properties": {"response": {"type": "string"}},
-                        "required": ["response"]}
-            return [("json", {"anyOf": [calls, response]})]
-        return [("json", calls)]
-    return None
+def generic_schema(tools, parallel, allow_content):
+    """The JSON schema a generic reply is held to: {"tool_call": ..} (or, with
+    `parallel`, {"tool_calls": [..]}), or also {"response": ".."} when words are allowed.
+    The other families' calls have grammars (runtime/tool_grammar.py)."""
+    call = _any_of([_call_object(t) for t in tools])
+    if parallel:
+        calls = {"type": "object", "properties": {"tool_calls": {
+            "type": "array", "items": call, "minItems": 1}}, "required": ["tool_calls"]}
+    else:
+        calls = {"type": "object", "properties": {"tool_call": call}, "required": ["tool_call"]}
+    if not allow_content:
+        return calls
+    response = {"type": "object", "properties": {"response": {"type": "string"}},
+                "required": ["response"]}
+    return {"anyOf": [calls, response]}

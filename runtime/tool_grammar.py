@@ -43,15 +43,18 @@ def _name(tool):
     return tc.tool_function(tool).get("name", "")
 
 
-def _call_schema(tool, args_key="arguments", with_id=None):
-    """{"name": const, args_key: parameters} (with_id: the id member's key, written first
-    by Command R7B, last by Mistral)."""
+def _call_schema(tool, args_key="arguments", id_key=None):
+    """{"name": const, args_key: parameters}, with Mistral's nine-character id last."""
     props = {"name": {"const": _name(tool)}, args_key: _params(tool)}
-    if with_id == "tool_call_id":
-        props = {"tool_call_id": {"type": "string"}, "tool_name": {"const": _name(tool)},
-                 "parameters": _params(tool)}
-    elif with_id:
-        props[with_id] = {"type": "string", "minLength": 9, "maxLength": 9}
+    if id_key:
+        props[id_key] = {"type": "string", "minLength": 9, "maxLength": 9}
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+def _action_schema(tool):
+    """Command R7B's action: {"tool_call_id", "tool_name", "parameters"}, in that order."""
+    props = {"tool_call_id": {"type": "string"}, "tool_name": {"const": _name(tool)},
+             "parameters": _params(tool)}
     return {"type": "object", "properties": props, "required": list(props)}
 
 
@@ -108,7 +111,7 @@ def call_grammar(fmt, tools, parallel, tokenizer, builtin_tools=()):
             triggers.append(("word", tc.PYTHON_TAG))
         lines.append(f"root ::= {_alternatives(roots)}")
     elif fmt == "mistral_nemo":
-        named["calls"] = _array(_any_of([_call_schema(t, with_id="id") for t in tools]),
+        named["calls"] = _array(_any_of([_call_schema(t, id_key="id") for t in tools]),
                                 parallel)
         lines.append(f"root ::= {m(tc.MISTRAL_CALLS)} calls")
         triggers.append(("word", tc.MISTRAL_CALLS))
@@ -118,8 +121,7 @@ def call_grammar(fmt, tools, parallel, tokenizer, builtin_tools=()):
         lines.append(f"root ::= {m(mark)} calls")
         triggers.append(("word", mark))
     elif fmt == "command_r7b":
-        named["calls"] = _array(_any_of([_call_schema(t, with_id="tool_call_id")
-                                         for t in tools]), parallel)
+        named["calls"] = _array(_any_of([_action_schema(t) for t in tools]), parallel)
         lines.append(f"root ::= {m(tc.CR_ACTION[0])} calls {m(tc.CR_ACTION[1])}")
         triggers.append(("word", tc.CR_ACTION[0]))
     elif fmt == "deepseek_r1":

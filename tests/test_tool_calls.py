@@ -301,11 +301,12 @@ def test_templates_render_tools_calls_and_results(name):
     assert "Sunny, 25 C" in text
 
 
-def test_constrained_shapes():
-    generic = tc.constrained_reply("generic", [WEATHER], True, allow_content=True)
-    assert len(generic) == 1 and len(generic[0][1]["anyOf"]) == 2
-    only_calls = tc.constrained_reply("generic", [WEATHER], False, allow_content=False)
-    assert only_calls[0][1]["required"] == ["tool_call"]
+def test_generic_schema_shapes():
+    generic = tc.generic_schema([WEATHER], True, allow_content=True)
+    assert len(generic["anyOf"]) == 2
+    assert generic["anyOf"][0]["properties"]["tool_calls"]["items"]["properties"]["name"] == \
+        {"const": "get_weather"}
+    assert tc.generic_schema([WEATHER], False, allow_content=False)["required"] == ["tool_call"]
 
 
 @pytest.mark.parametrize("name,calls", [

@@ -223,50 +223,6 @@ def _polyfill(messages, caps, fmt, tools, tool_choice, parallel):
     return out
 
 
-# ---------------------------------------------------------------- constraints
-
-class ToolCallConstraint:
-    """Session.generate's constraint for a reply that must take a shape: literal texts
-    (markers, forced token by token) and JSON values (runtime/constraint.py) in order; the
-    reply is complete after the last part."""
-
-    def __init__(self, tokenizer, parts):
-        from runtime import constraint as engine
-        self.steps = []
-        for kind, value in parts:
-            if kind == "text":
-                ids = tokenizer.encode(value, add_special=False, parse_special=True)
-                self.steps.append(("text", ids))
-            else:
-                try:
-                    self.steps.append(("json", engine.from_schema(tokenizer, value)))
-                except ValueError as e:
-                    status = 413 if engine.is_limit_error(e) else 400
-                    raise ApiError(status, f"tool parameters schema: {e}", param="tools")
-        self.step = 0
-        self.pos = 0
-
-    def sample(self, sampler, logits, history):
-        kind, value = self.steps[self.step]
-        if kind == "text":
-            return value[self.pos]
-        return value.sample(sampler, logits, history)
-
-    def advance(self, token):
-        kind, value = self.steps[self.step]
-        if kind == "text":
-            self.pos += 1
-            done = self.pos >= len(value)
-        else:
-            done = value.advance(token)
-        if done:
-            self.step += 1
-            self.pos = 0
-        while self.step < len(self.steps) and self.steps[self.step] == ("text", []):
-            self.step += 1
-        return self.step >= len(self.steps)
-
-
 # ---------------------------------------------------------------- the request
 
 REASONING_NAMES = {"none": "none", "deepseek": "deepseek", "auto": "deepseek",
@@ -328,22 +284,22 @@ class ChatRequest:
         self._tokenizer = tokenizer
         self._body = body
         self._default_grammar = app.default_grammar
-        self._use_tools = use_tools
-        self._tool_parts = None
-        self._tool_grammar = None
-        if use_tools and self.fmt == "generic":
-            self._tool_parts = tc.constrained_reply(self.fmt, allowed, self.parallel,
-                                                    allow_content=self.tool_choice == "auto")
-        elif use_tools:
+        self._tool_schema = None        # generic: the whole reply is {response | tool_call(s)}
+        self._tool_grammar = None       # the other families: the call part's grammar
+        if use_tools:
             try:
-                self._tool_grammar = tool_grammar.call_grammar(self.fmt, allowed, self.parallel,
-                                                               tokenizer, builtin)
-                self.constraint = self.make_constraint()    # compiled once, errors now
+                if self.fmt == "generic":
+                    self._tool_schema = tc.generic_schema(
+                        allowed, self.parallel, allow_content=self.tool_choice == "auto")
+                else:
+                    self._tool_grammar = tool_grammar.call_grammar(
+                        self.fmt, allowed, self.parallel, tokenizer, builtin)
+                self.constraint = self.make_constraint()    # compiled once: errors now
             except ValueError as e:
                 from runtime import constraint as engine
                 status = 413 if engine.is_limit_error(e) else 400
                 raise ApiError(status, f"tool parameters schema: {e}", param="tools") from None
-        if self._tool_grammar is None:
+        else:
             self.constraint = self.make_constraint()
         self.shown_tokens = set()
         for marker in tc.markers(self.fmt):
@@ -353,16 +309,14 @@ class ChatRequest:
 
     def make_constraint(self):
         """A fresh constraint for one generation (constraints hold state), or None."""
-        if self._tool_parts is not None:
-            return ToolCallConstraint(self._tokenizer, self._tool_parts)
+        from runtime import constraint as engine
+        if self._tool_schema is not None:
+            return engine.from_schema(self._tokenizer, self._tool_schema)
         if self._tool_grammar is not None:
             text, triggers = self._tool_grammar
             if self.tool_choice == "required":
-                from runtime import constraint as engine
                 return engine.from_grammar(self._tokenizer, text)
             return tool_grammar.LazyConstraint(self._tokenizer, text, triggers, self._thinking)
-        if self._use_tools:
-            return None
         return params.constraint(self._tokenizer, self._body, self._default_grammar)
 
     def stream(self):
