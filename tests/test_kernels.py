@@ -162,17 +162,23 @@ def f32(a):
     return np.ascontiguousarray(a, np.float32).tobytes()
 
 
-# (rows, tokens): odd edges on purpose. 21 tokens = whole tiles of 4 and of 8 plus a
-# narrower leftover column; 3 = a few sequences decoding together.
-MATMUL_SHAPES = {"gemv": (67, 1), "gemm": (37, 21), "batch": (13, 3)}
+# (rows, tokens, threads): odd edges on purpose. 21 tokens = whole tiles of 4 and of 8
+# plus a narrower leftover column; 3 = a few sequences decoding together. The matrix x
+# vector cases also vary the row length, so that kernels taking several blocks per step
+# (4 in the AVX-512 Q4_0 one) meet every short last step, on one thread and on two.
+MATMUL_SHAPES = {"gemv": (67, 1, 2), "gemv-tail1": (37, 1, 2), "gemv-tail2": (5, 1, 1),
+                 "gemv-tail3": (19, 1, 1), "gemm": (37, 21, 2), "batch": (13, 3, 2)}
+# row length per shape: 32-block types get 64, 65, 66 and 19 blocks (608 = 19 * 32),
+# K-quants 3, 9, 5 and 3 super-blocks
+K_LEGACY = {"gemv": 2048, "gemv-tail1": 2080, "gemv-tail2": 2112, "gemv-tail3": 608, "gemm": 608,
+            "batch": 2048}
+K_SUPER = {"gemv": 768, "gemv-tail1": 2304, "gemv-tail2": 1280, "gemv-tail3": 768, "gemm": 768,
+           "batch": 768}
 
 
 def k_for(name, shape):
-    # 32-block types get an odd number of blocks (608 = 19 * 32) for the GEMM case
     block = T.TYPES[getattr(T, name)][1]
-    if block == 256:
-        return 768
-    return 608 if shape == "gemm" else 2048
+    return K_SUPER[shape] if block == 256 else K_LEGACY[shape]
 
 
 def build_script(seed=0):
@@ -183,8 +189,9 @@ def build_script(seed=0):
     s.cmd(("i", 1), ("i", 2))  # two threads: the pool runs under qemu too
     for name in TYPES:
         tid = getattr(T, name)
-        for shape, (rows, n) in MATMUL_SHAPES.items():
+        for shape, (rows, n, threads) in MATMUL_SHAPES.items():
             k = k_for(name, shape)
+            s.cmd(("i", 1), ("i", threads))
             w = make_weights(name, rows, k, rng)
             x = rng.standard_normal((n, k), dtype=np.float32)
             wd = dequantize(w.tobytes(), tid, rows * k).reshape(rows, k)
@@ -194,6 +201,7 @@ def build_script(seed=0):
             s.cmd(("i", 2), ("i", tid), ("q", rows), ("q", k), ("q", n), ("raw", w.tobytes()),
                   ("raw", f32(x)))
             s.expect(f"matmul-{name}-{shape}", n * rows, ref.ravel(), ("bound", bound.ravel()))
+        s.cmd(("i", 1), ("i", 2))
         # dequantization of a whole matrix, and the activation rounding
         k = 512
         w = make_weights(name, 3, k, rng)
