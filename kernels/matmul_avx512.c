@@ -502,6 +502,86 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
             y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]) + dotf(cb[r], xq8k_s16(x + t * xs, k), k / 16);
 }
 
+// ---------------------------------------------------------------- Q4_K matrix x vector
+// A super-block's 128 bytes of quants in two 64-byte loads: bytes 0-31 of the first
+// are chunk 0 (low nibbles weights 0-31, high 32-63), bytes 32-63 chunk 1 (64-95,
+// 96-127), so the low nibbles of a load pair with x [0..31 | 64..95] and the high
+// ones with x [32..63 | 96..127]: the activations are rearranged that way once per
+// call (xr, k bytes), and each 64-weight register meets the scales of its two
+// sub-blocks (maddubs, then dpwssd with the 16-bit scales: exact across the
+// super-block). Against kq_tile's 1 x 1 tile this drops the per-chunk 256-bit
+// splits, and the scales' halves convert in hardware.
+
+AI void q4_k_prep(const uint8_t *x, int64_t k, uint8_t *xr) {
+    for (int64_t i = 0; i < k; i += 128) {
+        __m512i a = _mm512_loadu_si512((const void *)(x + i));
+        __m512i b = _mm512_loadu_si512((const void *)(x + i + 64));
+        _mm512_storeu_si512((void *)(xr + i), _mm512_shuffle_i64x2(a, b, 0x44));
+        _mm512_storeu_si512((void *)(xr + i + 64), _mm512_shuffle_i64x2(a, b, 0xEE));
+    }
+}
+
+AI float q4_k_row(const uint8_t *w, const uint8_t *xr, const float *dx, const float *s16,
+                  int64_t nsb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    // scales of sub-blocks (0, 2), (1, 3), (4, 6), (5, 7), each 16 times, from the 16
+    // bytes [sc0..sc7 mn0..mn7] widened to words
+    const __m512i idx_a = _mm512_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+                                           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i one16 = _mm512_set1_epi16(1), four16 = _mm512_set1_epi16(4);
+    const __m512i idx_b = _mm512_add_epi16(idx_a, one16);
+    const __m512i idx_c = _mm512_add_epi16(idx_a, four16);
+    const __m512i idx_d = _mm512_add_epi16(idx_b, four16);
+    __m512 acc = _mm512_setzero_ps();
+    __m512 macc = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *b = w + 144 * sb;
+        _mm_prefetch((const char *)b + LZ_PF_DIST, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + LZ_PF_DIST + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + LZ_PF_DIST + 128, _MM_HINT_T0);
+        // the 6-bit scales and mins of lz_k_scales, four at a time
+        uint32_t a = ld32(b + 4), m = ld32(b + 8), h = ld32(b + 12);
+        uint32_t sc_lo = a & 0x3f3f3f3f, mn_lo = m & 0x3f3f3f3f;
+        uint32_t sc_hi = (h & 0x0f0f0f0f) | (((a >> 6) & 0x03030303) << 4);
+        uint32_t mn_hi = ((h >> 4) & 0x0f0f0f0f) | (((m >> 6) & 0x03030303) << 4);
+        __m128i scmn = _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
+        __m512i s16w = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scmn));
+        __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(b)));   // d, dmin
+        const uint8_t *xs = xr + 256 * sb;
+        __m512i q0 = _mm512_loadu_si512((const void *)(b + 16));
+        __m512i q1 = _mm512_loadu_si512((const void *)(b + 80));
+        __m512i isum = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                           _mm512_maddubs_epi16(_mm512_and_si512(q0, m4),
+                                                                _mm512_loadu_si512((const void *)xs)),
+                                           _mm512_permutexvar_epi16(idx_a, s16w));
+        isum = _mm512_dpwssd_epi32(isum,
+                                   _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q0, 4), m4),
+                                                        _mm512_loadu_si512((const void *)(xs + 64))),
+                                   _mm512_permutexvar_epi16(idx_b, s16w));
+        isum = _mm512_dpwssd_epi32(isum,
+                                   _mm512_maddubs_epi16(_mm512_and_si512(q1, m4),
+                                                        _mm512_loadu_si512((const void *)(xs + 128))),
+                                   _mm512_permutexvar_epi16(idx_c, s16w));
+        isum = _mm512_dpwssd_epi32(isum,
+                                   _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q1, 4), m4),
+                                                        _mm512_loadu_si512((const void *)(xs + 192))),
+                                   _mm512_permutexvar_epi16(idx_d, s16w));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(_mm_cvtss_f32(dd) * dx[sb]), acc);
+        // minimums: -dmin * mn[g/2] * s16[g] over the 16 groups of 16
+        __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(scmn, scmn)));
+        macc = _mm512_fmadd_ps(_mm512_mul_ps(mn, _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd)))),
+                               _mm512_loadu_ps(s16 + 16 * sb), macc);
+    }
+    return _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(macc);
+}
+
+static void gemv_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x, float *y) {
+    uint8_t xr[k];
+    q4_k_prep(x, k, xr);
+    const float *dx = xq8k_d(x, k), *s16 = xq8k_s16(x, k);
+    for (int r = 0; r < nr; r++) y[r] = q4_k_row(w + r * ws, xr, dx, s16, k / QK_K);
+}
+
 // ---------------------------------------------------------------- tiles
 
 // Tile shapes, measured (bench/bench_kernels.py, 2 threads): 2 rows x 8 tokens runs
@@ -544,7 +624,14 @@ DEFINE_LEGACY_TILE(tile_q5_1, LZ_Q5_1)
 DEFINE_LEGACY_TILE(tile_q8_0, LZ_Q8_0)
 DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, KQ_R, KQ_T)
 DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, KQ_R, KQ_T)
-DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, KQ_R, KQ_T)
+static void tile_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,
+                      size_t xs, int nt, float *y, size_t ldy) {
+    if (nt == 1) {
+        gemv_q4_k(k, w, ws, nr, x, y);
+        return;
+    }
+    TILES(kq_tile, LZ_Q4_K, KQ_R, KQ_T);
+}
 DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_R, KQ_T)
 DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, KQ_R, KQ_T)
 
@@ -557,4 +644,5 @@ void lz_init_avx512(lz_kernels *k) {
     // the matrix x vector kernels prepare the activations once per call: give them
     // more rows per call (still a multiple of every tile's rows)
     k->types[LZ_Q4_0].rows_pref = GEMV_ROWS;
+    k->types[LZ_Q4_K].rows_pref = GEMV_ROWS;
 }
