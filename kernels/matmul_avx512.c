@@ -331,18 +331,29 @@ AI __m512 q4_0_group(const uint8_t *b, const q4_group *g, int64_t left, __m512 a
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, g->dx), acc);
 }
 
+// How far ahead the matrix x vector kernels fetch weights: to L1 and, further, to L2.
+// Measured on TinyLlama's FFN weights mapped from the file (4 KiB pages, 1 thread,
+// host loaded, CPU time): no software prefetch 9.1 GB/s, one or two lines to L1 at
+// 3 KiB 9.3-10.2, two lines to L2 at 6 KiB 15.3, one to L1 at 4 KiB and one to L2
+// at 8 KiB 15.0 (the pair-of-blocks kernel legacy_gemv4: 14.5).
+#ifndef GEMV_PF_NEAR
+#define GEMV_PF_NEAR 4096
+#endif
+#ifndef GEMV_PF_FAR
+#define GEMV_PF_FAR 8192
+#endif
+
 // One row over the prepared activations xg (ng groups), walked whole: the weights
-// stream through memory in one sequential run. Measured from memory (TinyLlama FFN
-// shapes, 1 thread): several rows side by side, sharing the activation loads, ran
-// 11-13 GB/s against 19 for one; the hardware prefetcher alone 11, so we fetch both
-// lines of each group LZ_PF_DIST ahead (2 to 8 KiB all gave the same).
+// stream through memory in one sequential run. Several rows side by side, sharing
+// the activation loads, measured slower from memory (11-13 GB/s against 16-19 for
+// one; anonymous memory, 1 thread).
 AI float q4_0_row(const uint8_t *w, const q4_group *xg, int64_t ng, int64_t nb) {
     __m512 acc = _mm512_setzero_ps();
     const int64_t full = nb / 4;
     for (int64_t g = 0; g < full; g++) {
         const uint8_t *b = w + 72 * g;
-        _mm_prefetch((const char *)b + LZ_PF_DIST, _MM_HINT_T0);
-        _mm_prefetch((const char *)b + LZ_PF_DIST + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + GEMV_PF_NEAR, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + GEMV_PF_FAR, _MM_HINT_T1);
         acc = q4_0_group(b, &xg[g], 4, acc);
     }
     if (full < ng) acc = q4_0_group(w + 72 * full, &xg[full], nb - 4 * full, acc);
@@ -582,6 +593,154 @@ static void gemv_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint
     for (int r = 0; r < nr; r++) y[r] = q4_k_row(w + r * ws, xr, dx, s16, k / QK_K);
 }
 
+// ---------------------------------------------------------------- packed panels (prompts)
+// A prompt multiplies every weight by many tokens, so the weights are worth decoding
+// once into the form that makes the arithmetic cheapest: a panel of 16 rows whose
+// codes are interleaved by groups of 4 (byte 4r + j of register i holds weight
+// 4i + j of row r, for one block of 32), with each row's float scale and offset per
+// block. Every token then takes 8 dpbusd per block for all 16 rows at once, its 4
+// activation bytes broadcast, and one float step per block covers 16 rows (the
+// register tiles above pay a conversion and two float operations per row, token and
+// pair of blocks). value = dsc * code + mc per weight, so a block adds
+// dsc * dx * sum(code * qx) + mc * sx, with sx = dx * sum(qx) from the activation row.
+// The panel covers PANEL_K weights of the row at a time (40 KiB, in L1/L2); longer
+// rows add up slice after slice.
+
+#define PANEL 16
+#define PANEL_K 2048
+#ifndef PANEL_T
+#define PANEL_T 4
+#endif
+typedef struct { __m512i w[8]; __m512 dsc, mc; } panel_block;
+
+// Row r's 32 codes of one block into the panel block's interleaved registers.
+AI void panel_put(panel_block *pb, int r, const uint8_t codes[32], float dsc, float mc) {
+    for (int i = 0; i < 8; i++) memcpy((uint8_t *)&pb->w[i] + 4 * r, codes + 4 * i, 4);
+    ((float *)&pb->dsc)[r] = dsc;
+    ((float *)&pb->mc)[r] = mc;
+}
+
+// Blocks b0 .. b0 + nb - 1 of nr rows (the rest of the 16 zero) of a legacy type.
+AI void panel_pack_legacy(const int type, const uint8_t *w, size_t ws, int nr, int64_t b0,
+                          int64_t nb, panel_block *pb) {
+    const int bs = lz_type_size(type);
+    memset(pb, 0, sizeof *pb * (size_t)nb);
+    for (int r = 0; r < nr; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = w + r * ws + (b0 + b) * bs;
+            uint8_t codes[32];
+            const float d = _cvtsh_ss((unsigned short)ld16(blk));
+            if (type == LZ_Q4_0) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+                _mm_storeu_si128((__m128i *)codes, _mm_and_si128(v, _mm_set1_epi8(0x0F)));
+                _mm_storeu_si128((__m128i *)(codes + 16),
+                                 _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F)));
+                panel_put(&pb[b], r, codes, d, -8.0f * d);
+            } else {   // Q8_0: code = q + 128, unsigned
+                __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                _mm256_storeu_si256((__m256i *)codes, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
+                panel_put(&pb[b], r, codes, d, -128.0f * d);
+            }
+        }
+}
+
+// Q4_K: super-blocks sb0 .. sb0 + nsb - 1, as 8 blocks of 32 each.
+AI void panel_pack_q4_k(const uint8_t *w, size_t ws, int nr, int64_t sb0, int64_t nsb,
+                        panel_block *pb) {
+    memset(pb, 0, sizeof *pb * (size_t)(8 * nsb));
+    for (int r = 0; r < nr; r++)
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            const uint8_t *blk = w + r * ws + (sb0 + sb) * 144;
+            uint8_t sc[8], mn[8];
+            lz_k_scales(blk + 4, sc, mn);
+            __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(blk)));
+            const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
+            for (int c = 0; c < 4; c++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
+                uint8_t lo[32], hi[32];
+                _mm256_storeu_si256((__m256i *)lo, _mm256_and_si256(v, _mm256_set1_epi8(0x0F)));
+                _mm256_storeu_si256((__m256i *)hi,
+                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)));
+                panel_put(&pb[8 * sb + 2 * c], r, lo, d * sc[2 * c], -dmin * mn[2 * c]);
+                panel_put(&pb[8 * sb + 2 * c + 1], r, hi, d * sc[2 * c + 1], -dmin * mn[2 * c + 1]);
+            }
+        }
+}
+
+// T tokens against nb panel blocks (blocks b0.. of the activation rows): y[t][0..nr)
+// set (first slice) or added to.
+AI void panel_tokens(const int xk, const int T, const panel_block *pb, int64_t b0, int64_t nb,
+                     int64_t k, const uint8_t *x, size_t xs, float *y, size_t ldy, int nr,
+                     int add) {
+    __m512 acc[T];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const panel_block *p = &pb[b];
+        const int64_t bx = b0 + b;
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xt = x + t * xs;
+            const int32_t *xw = (const int32_t *)(xt + 32 * bx);
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p->w[0], _mm512_set1_epi32(xw[0]));
+            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p->w[1], _mm512_set1_epi32(xw[1]));
+            s0 = _mm512_dpbusd_epi32(s0, p->w[2], _mm512_set1_epi32(xw[2]));
+            s1 = _mm512_dpbusd_epi32(s1, p->w[3], _mm512_set1_epi32(xw[3]));
+            s0 = _mm512_dpbusd_epi32(s0, p->w[4], _mm512_set1_epi32(xw[4]));
+            s1 = _mm512_dpbusd_epi32(s1, p->w[5], _mm512_set1_epi32(xw[5]));
+            s0 = _mm512_dpbusd_epi32(s0, p->w[6], _mm512_set1_epi32(xw[6]));
+            s1 = _mm512_dpbusd_epi32(s1, p->w[7], _mm512_set1_epi32(xw[7]));
+            float dx, sx;
+            if (xk == XQ_Q8) {
+                dx = xq8_d(xt, k)[bx];
+                sx = xq8_s(xt, k)[bx];
+            } else {
+                const float *s16 = xq8k_s16(xt, k);
+                dx = xq8k_d(xt, k)[bx >> 3];
+                sx = s16[2 * bx] + s16[2 * bx + 1];
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                                     _mm512_mul_ps(p->dsc, _mm512_set1_ps(dx)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(p->mc, _mm512_set1_ps(sx), acc[t]);
+        }
+    }
+    const __mmask16 m = (__mmask16)((1u << nr) - 1);
+    for (int t = 0; t < T; t++) {
+        float *yt = y + t * ldy;
+        __m512 v = acc[t];
+        if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, yt));
+        _mm512_mask_storeu_ps(yt, m, v);
+    }
+}
+
+// nr <= 16 rows x nt tokens through packed panels, slice by slice.
+AI void panel_gemm(const int type, int64_t k, const uint8_t *w, size_t ws, int nr,
+                   const uint8_t *x, size_t xs, int nt, float *y, size_t ldy) {
+    const int xk = type == LZ_Q4_K ? XQ_Q8K : XQ_Q8;
+    panel_block pb[PANEL_K / 32];
+    const int64_t nb = k / 32;
+    for (int64_t b0 = 0; b0 < nb; b0 += PANEL_K / 32) {
+        const int64_t n = nb - b0 < PANEL_K / 32 ? nb - b0 : PANEL_K / 32;
+        if (type == LZ_Q4_K) panel_pack_q4_k(w, ws, nr, b0 / 8, n / 8, pb);
+        else panel_pack_legacy(type, w, ws, nr, b0, n, pb);
+        int t = 0;
+        for (; t + PANEL_T <= nt; t += PANEL_T)
+            panel_tokens(xk, PANEL_T, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0);
+        switch (nt - t) {
+        case 1: panel_tokens(xk, 1, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0); break;
+        case 2: panel_tokens(xk, 2, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0); break;
+        case 3: panel_tokens(xk, 3, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0); break;
+        default: break;
+        }
+    }
+}
+
+// Tokens from which a call packs panels (fewer: the register tiles, no packing).
+#ifndef PANEL_MIN_T
+#define PANEL_MIN_T 8
+#endif
+// Tokens per call for the types with panels: a whole token chunk of the driver, so
+// each panel is packed once per chunk.
+#define PANEL_TOKS 64
+
 // ---------------------------------------------------------------- tiles
 
 // Tile shapes, measured (bench/bench_kernels.py, 2 threads): 2 rows x 8 tokens runs
@@ -604,7 +763,14 @@ static void gemv_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint
 #define DEFINE_LEGACY_TILE(name, type)                                                        \
     static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
                      size_t xs, int nt, float *y, size_t ldy) {                               \
-        if (nt == 1 && type == LZ_Q4_0) {                                                     \
+        if (nt >= PANEL_MIN_T && (type == LZ_Q4_0 || type == LZ_Q8_0) && nr <= PANEL) {      \
+            int r = 0;                                                                        \
+            for (; r < nr; r += PANEL)                                                        \
+                panel_gemm(type, k, w + r * ws, ws, nr - r < PANEL ? nr - r : PANEL, x, xs, nt, \
+                           y + r, ldy);                                                       \
+            return;                                                                           \
+        }                                                                                     \
+        if (nt == 1 && type == LZ_Q4_0) {                                                             \
             gemv_q4_0(k, w, ws, nr, x, y);                                                    \
             return;                                                                           \
         }                                                                                     \
@@ -630,6 +796,10 @@ static void tile_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint
         gemv_q4_k(k, w, ws, nr, x, y);
         return;
     }
+    if (nt >= PANEL_MIN_T && nr <= PANEL) {
+        panel_gemm(LZ_Q4_K, k, w, ws, nr, x, xs, nt, y, ldy);
+        return;
+    }
     TILES(kq_tile, LZ_Q4_K, KQ_R, KQ_T);
 }
 DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_R, KQ_T)
@@ -645,4 +815,9 @@ void lz_init_avx512(lz_kernels *k) {
     // more rows per call (still a multiple of every tile's rows)
     k->types[LZ_Q4_0].rows_pref = GEMV_ROWS;
     k->types[LZ_Q4_K].rows_pref = GEMV_ROWS;
+    k->types[LZ_Q8_0].rows_pref = GEMV_ROWS;
+    // prompts: whole token chunks per call, so that each packed panel serves them all
+    k->types[LZ_Q4_0].toks_pref = PANEL_TOKS;
+    k->types[LZ_Q8_0].toks_pref = PANEL_TOKS;
+    k->types[LZ_Q4_K].toks_pref = PANEL_TOKS;
 }

@@ -163,17 +163,19 @@ def f32(a):
 
 
 # (rows, tokens, threads): odd edges on purpose. 21 tokens = whole tiles of 4 and of 8
-# plus a narrower leftover column; 3 = a few sequences decoding together. The matrix x
+# plus a narrower leftover column (9: one tile and one token); 3 = a few sequences decoding together. The matrix x
 # vector cases also vary the row length, so that kernels taking several blocks per step
 # (4 in the AVX-512 Q4_0 one) meet every short last step, on one thread and on two.
 MATMUL_SHAPES = {"gemv": (67, 1, 2), "gemv-tail1": (37, 1, 2), "gemv-tail2": (5, 1, 1),
-                 "gemv-tail3": (19, 1, 1), "gemm": (37, 21, 2), "batch": (13, 3, 2)}
+                 "gemv-tail3": (19, 1, 1), "gemm": (37, 21, 2), "gemm-long": (21, 9, 1),
+                 "batch": (13, 3, 2)}
 # row length per shape: 32-block types get 64, 65, 66 and 19 blocks (608 = 19 * 32),
-# K-quants 3, 9, 5 and 3 super-blocks
+# K-quants 3, 9, 5 and 3 super-blocks; "gemm-long" rows are longer than the 2048
+# weights a packed panel holds (81 blocks, 9 super-blocks)
 K_LEGACY = {"gemv": 2048, "gemv-tail1": 2080, "gemv-tail2": 2112, "gemv-tail3": 608, "gemm": 608,
-            "batch": 2048}
+            "gemm-long": 2592, "batch": 2048}
 K_SUPER = {"gemv": 768, "gemv-tail1": 2304, "gemv-tail2": 1280, "gemv-tail3": 768, "gemm": 768,
-           "batch": 768}
+           "gemm-long": 2304, "batch": 768}
 
 
 def k_for(name, shape):
