@@ -611,95 +611,126 @@ static void gemv_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint
 #ifndef PANEL_T
 #define PANEL_T 4
 #endif
-typedef struct { __m512i w[8]; __m512 dsc, mc; } panel_block;
+// A panel block of bw weights (32; 16 for Q6_K, whose scales cover 16) is bw / 4
+// registers of codes, then the 16 rows' dsc and mc: bw / 4 + 2 registers.
+AI int panel_regs(const int bw) { return bw / 4 + 2; }
 
-// Row r's 32 codes of one block into the panel block's interleaved registers.
-AI void panel_put(panel_block *pb, int r, const uint8_t codes[32], float dsc, float mc) {
-    for (int i = 0; i < 8; i++) memcpy((uint8_t *)&pb->w[i] + 4 * r, codes + 4 * i, 4);
-    ((float *)&pb->dsc)[r] = dsc;
-    ((float *)&pb->mc)[r] = mc;
+// Row r's bw codes of one block into the panel block p's interleaved registers.
+AI void panel_put(const int bw, __m512i *p, int r, const uint8_t *codes, float dsc, float mc) {
+    for (int i = 0; i < bw / 4; i++) memcpy((uint8_t *)&p[i] + 4 * r, codes + 4 * i, 4);
+    ((float *)&p[bw / 4])[r] = dsc;
+    ((float *)&p[bw / 4 + 1])[r] = mc;
 }
 
-// Blocks b0 .. b0 + nb - 1 of nr rows (the rest of the 16 zero) of a legacy type.
-AI void panel_pack_legacy(const int type, const uint8_t *w, size_t ws, int nr, int64_t b0,
-                          int64_t nb, panel_block *pb) {
-    const int bs = lz_type_size(type);
-    memset(pb, 0, sizeof *pb * (size_t)nb);
-    for (int r = 0; r < nr; r++)
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = w + r * ws + (b0 + b) * bs;
-            uint8_t codes[32];
-            const float d = _cvtsh_ss((unsigned short)ld16(blk));
-            if (type == LZ_Q4_0) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
-                _mm_storeu_si128((__m128i *)codes, _mm_and_si128(v, _mm_set1_epi8(0x0F)));
-                _mm_storeu_si128((__m128i *)(codes + 16),
-                                 _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F)));
-                panel_put(&pb[b], r, codes, d, -8.0f * d);
-            } else {   // Q8_0: code = q + 128, unsigned
-                __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 2));
-                _mm256_storeu_si256((__m256i *)codes, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
-                panel_put(&pb[b], r, codes, d, -128.0f * d);
+// Weights [i0, i0 + n) of nr rows (the rest of the 16 zero) into panel blocks.
+AI void panel_pack(const int type, const uint8_t *w, size_t ws, int nr, int64_t i0, int64_t n,
+                   __m512i *pb) {
+    const int bw = type == LZ_Q6_K ? 16 : 32, nreg = panel_regs(bw);
+    memset(pb, 0, sizeof *pb * (size_t)(n / bw * nreg));
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *row = w + r * ws;
+        if (type == LZ_Q4_0 || type == LZ_Q8_0) {
+            for (int64_t b = 0; b < n / 32; b++) {
+                const uint8_t *blk = row + (i0 / 32 + b) * lz_type_size(type);
+                uint8_t codes[32];
+                const float d = _cvtsh_ss((unsigned short)ld16(blk));
+                __m512i *p = pb + b * nreg;
+                if (type == LZ_Q4_0) {
+                    __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+                    _mm_storeu_si128((__m128i *)codes, _mm_and_si128(v, _mm_set1_epi8(0x0F)));
+                    _mm_storeu_si128((__m128i *)(codes + 16),
+                                     _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F)));
+                    panel_put(32, p, r, codes, d, -8.0f * d);
+                } else {   // Q8_0: code = q + 128, unsigned
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                    _mm256_storeu_si256((__m256i *)codes, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
+                    panel_put(32, p, r, codes, d, -128.0f * d);
+                }
+            }
+        } else if (type == LZ_Q4_K) {   // value = d * sc * q - dmin * mn per 32
+            for (int64_t sb = 0; sb < n / QK_K; sb++) {
+                const uint8_t *blk = row + (i0 / QK_K + sb) * 144;
+                uint8_t sc[8], mn[8];
+                lz_k_scales(blk + 4, sc, mn);
+                __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(blk)));
+                const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
+                for (int c = 0; c < 4; c++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
+                    uint8_t lo[32], hi[32];
+                    _mm256_storeu_si256((__m256i *)lo, _mm256_and_si256(v, m4));
+                    _mm256_storeu_si256((__m256i *)hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                    __m512i *p = pb + (8 * sb + 2 * c) * nreg;
+                    panel_put(32, p, r, lo, d * sc[2 * c], -dmin * mn[2 * c]);
+                    panel_put(32, p + nreg, r, hi, d * sc[2 * c + 1], -dmin * mn[2 * c + 1]);
+                }
+            }
+        } else {   // Q6_K: value = d * sc * (q - 32) per 16, q = 4 low bits (ql) + 2 high (qh)
+            for (int64_t sb = 0; sb < n / QK_K; sb++) {
+                const uint8_t *blk = row + (i0 / QK_K + sb) * 210;
+                const float d = _cvtsh_ss((unsigned short)ld16(blk + 208));
+                const int8_t *scales = (const int8_t *)(blk + 192);
+                for (int h = 0; h < 2; h++) {
+                    __m256i ql0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+                    __m256i ql1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+                    __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+                    uint8_t q[128];   // weights 128h + 0..127 in order
+                    _mm256_storeu_si256((__m256i *)q, _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                        _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4)));
+                    _mm256_storeu_si256((__m256i *)(q + 32), _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4)));
+                    _mm256_storeu_si256((__m256i *)(q + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30))));
+                    _mm256_storeu_si256((__m256i *)(q + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30))));
+                    for (int g = 0; g < 8; g++) {
+                        const float dsc = d * (float)scales[8 * h + g];
+                        panel_put(16, pb + (16 * sb + 8 * h + g) * nreg, r, q + 16 * g, dsc, -32.0f * dsc);
+                    }
+                }
             }
         }
+    }
 }
 
-// Q4_K: super-blocks sb0 .. sb0 + nsb - 1, as 8 blocks of 32 each.
-AI void panel_pack_q4_k(const uint8_t *w, size_t ws, int nr, int64_t sb0, int64_t nsb,
-                        panel_block *pb) {
-    memset(pb, 0, sizeof *pb * (size_t)(8 * nsb));
-    for (int r = 0; r < nr; r++)
-        for (int64_t sb = 0; sb < nsb; sb++) {
-            const uint8_t *blk = w + r * ws + (sb0 + sb) * 144;
-            uint8_t sc[8], mn[8];
-            lz_k_scales(blk + 4, sc, mn);
-            __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(blk)));
-            const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
-            for (int c = 0; c < 4; c++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
-                uint8_t lo[32], hi[32];
-                _mm256_storeu_si256((__m256i *)lo, _mm256_and_si256(v, _mm256_set1_epi8(0x0F)));
-                _mm256_storeu_si256((__m256i *)hi,
-                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)));
-                panel_put(&pb[8 * sb + 2 * c], r, lo, d * sc[2 * c], -dmin * mn[2 * c]);
-                panel_put(&pb[8 * sb + 2 * c + 1], r, hi, d * sc[2 * c + 1], -dmin * mn[2 * c + 1]);
-            }
-        }
-}
-
-// T tokens against nb panel blocks (blocks b0.. of the activation rows): y[t][0..nr)
-// set (first slice) or added to.
-AI void panel_tokens(const int xk, const int T, const panel_block *pb, int64_t b0, int64_t nb,
+// T tokens against the panel blocks of weights [i0, i0 + n) of the activation rows:
+// y[t][0..nr) set (first slice) or added to.
+AI void panel_tokens(const int type, const int T, const __m512i *pb, int64_t i0, int64_t n,
                      int64_t k, const uint8_t *x, size_t xs, float *y, size_t ldy, int nr,
                      int add) {
+    const int bw = type == LZ_Q6_K ? 16 : 32, nreg = panel_regs(bw);
+    const int xk = type == LZ_Q4_K || type == LZ_Q6_K ? XQ_Q8K : XQ_Q8;
     __m512 acc[T];
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const panel_block *p = &pb[b];
-        const int64_t bx = b0 + b;
+    for (int64_t b = 0; b < n / bw; b++) {
+        const __m512i *p = pb + b * nreg;
+        const int64_t i = i0 + b * bw;   // first weight of the block
         for (int t = 0; t < T; t++) {
             const uint8_t *xt = x + t * xs;
-            const int32_t *xw = (const int32_t *)(xt + 32 * bx);
-            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p->w[0], _mm512_set1_epi32(xw[0]));
-            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p->w[1], _mm512_set1_epi32(xw[1]));
-            s0 = _mm512_dpbusd_epi32(s0, p->w[2], _mm512_set1_epi32(xw[2]));
-            s1 = _mm512_dpbusd_epi32(s1, p->w[3], _mm512_set1_epi32(xw[3]));
-            s0 = _mm512_dpbusd_epi32(s0, p->w[4], _mm512_set1_epi32(xw[4]));
-            s1 = _mm512_dpbusd_epi32(s1, p->w[5], _mm512_set1_epi32(xw[5]));
-            s0 = _mm512_dpbusd_epi32(s0, p->w[6], _mm512_set1_epi32(xw[6]));
-            s1 = _mm512_dpbusd_epi32(s1, p->w[7], _mm512_set1_epi32(xw[7]));
+            const int32_t *xw = (const int32_t *)(xt + i);
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p[0], _mm512_set1_epi32(xw[0]));
+            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p[1], _mm512_set1_epi32(xw[1]));
+            s0 = _mm512_dpbusd_epi32(s0, p[2], _mm512_set1_epi32(xw[2]));
+            s1 = _mm512_dpbusd_epi32(s1, p[3], _mm512_set1_epi32(xw[3]));
+            if (bw == 32) {
+                s0 = _mm512_dpbusd_epi32(s0, p[4], _mm512_set1_epi32(xw[4]));
+                s1 = _mm512_dpbusd_epi32(s1, p[5], _mm512_set1_epi32(xw[5]));
+                s0 = _mm512_dpbusd_epi32(s0, p[6], _mm512_set1_epi32(xw[6]));
+                s1 = _mm512_dpbusd_epi32(s1, p[7], _mm512_set1_epi32(xw[7]));
+            }
             float dx, sx;
             if (xk == XQ_Q8) {
-                dx = xq8_d(xt, k)[bx];
-                sx = xq8_s(xt, k)[bx];
+                dx = xq8_d(xt, k)[i / 32];
+                sx = xq8_s(xt, k)[i / 32];
             } else {
                 const float *s16 = xq8k_s16(xt, k);
-                dx = xq8k_d(xt, k)[bx >> 3];
-                sx = s16[2 * bx] + s16[2 * bx + 1];
+                dx = xq8k_d(xt, k)[i / QK_K];
+                sx = bw == 16 ? s16[i / 16] : s16[i / 16] + s16[i / 16 + 1];
             }
+            const __m512 dsc = _mm512_castsi512_ps(p[bw / 4]), mc = _mm512_castsi512_ps(p[bw / 4 + 1]);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                                     _mm512_mul_ps(p->dsc, _mm512_set1_ps(dx)), acc[t]);
-            acc[t] = _mm512_fmadd_ps(p->mc, _mm512_set1_ps(sx), acc[t]);
+                                     _mm512_mul_ps(dsc, _mm512_set1_ps(dx)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(mc, _mm512_set1_ps(sx), acc[t]);
         }
     }
     const __mmask16 m = (__mmask16)((1u << nr) - 1);
@@ -714,20 +745,18 @@ AI void panel_tokens(const int xk, const int T, const panel_block *pb, int64_t b
 // nr <= 16 rows x nt tokens through packed panels, slice by slice.
 AI void panel_gemm(const int type, int64_t k, const uint8_t *w, size_t ws, int nr,
                    const uint8_t *x, size_t xs, int nt, float *y, size_t ldy) {
-    const int xk = type == LZ_Q4_K ? XQ_Q8K : XQ_Q8;
-    panel_block pb[PANEL_K / 32];
-    const int64_t nb = k / 32;
-    for (int64_t b0 = 0; b0 < nb; b0 += PANEL_K / 32) {
-        const int64_t n = nb - b0 < PANEL_K / 32 ? nb - b0 : PANEL_K / 32;
-        if (type == LZ_Q4_K) panel_pack_q4_k(w, ws, nr, b0 / 8, n / 8, pb);
-        else panel_pack_legacy(type, w, ws, nr, b0, n, pb);
+    __m512i pb[PANEL_K / 16 * 6];   // room for the 16-weight blocks' 6 registers each
+    for (int64_t i0 = 0; i0 < k; i0 += PANEL_K) {
+        const int64_t n = k - i0 < PANEL_K ? k - i0 : PANEL_K;
+        const int add = i0 > 0;
+        panel_pack(type, w, ws, nr, i0, n, pb);
         int t = 0;
         for (; t + PANEL_T <= nt; t += PANEL_T)
-            panel_tokens(xk, PANEL_T, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0);
+            panel_tokens(type, PANEL_T, pb, i0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, add);
         switch (nt - t) {
-        case 1: panel_tokens(xk, 1, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0); break;
-        case 2: panel_tokens(xk, 2, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0); break;
-        case 3: panel_tokens(xk, 3, pb, b0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, b0 > 0); break;
+        case 1: panel_tokens(type, 1, pb, i0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, add); break;
+        case 2: panel_tokens(type, 2, pb, i0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, add); break;
+        case 3: panel_tokens(type, 3, pb, i0, n, k, x + t * xs, xs, y + t * ldy, ldy, nr, add); break;
         default: break;
         }
     }
@@ -803,7 +832,14 @@ static void tile_q4_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint
     TILES(kq_tile, LZ_Q4_K, KQ_R, KQ_T);
 }
 DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_R, KQ_T)
-DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, KQ_R, KQ_T)
+static void tile_q6_k(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,
+                      size_t xs, int nt, float *y, size_t ldy) {
+    if (nt >= PANEL_MIN_T && nr <= PANEL) {
+        panel_gemm(LZ_Q6_K, k, w, ws, nr, x, xs, nt, y, ldy);
+        return;
+    }
+    TILES(kq_tile, LZ_Q6_K, KQ_R, KQ_T);
+}
 
 #ifndef GEMV_ROWS
 #define GEMV_ROWS 16
@@ -820,4 +856,6 @@ void lz_init_avx512(lz_kernels *k) {
     k->types[LZ_Q4_0].toks_pref = PANEL_TOKS;
     k->types[LZ_Q8_0].toks_pref = PANEL_TOKS;
     k->types[LZ_Q4_K].toks_pref = PANEL_TOKS;
+    k->types[LZ_Q6_K].toks_pref = PANEL_TOKS;
+    k->types[LZ_Q6_K].rows_pref = GEMV_ROWS;
 }
