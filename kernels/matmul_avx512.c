@@ -622,50 +622,97 @@ AI void panel_put(const int bw, __m512i *p, int r, const uint8_t *codes, float d
     ((float *)&p[bw / 4 + 1])[r] = mc;
 }
 
+// The 32 codes of one block of each of 16 rows, two rows a register (z[p] = rows 2p
+// and 2p + 1), into the 8 interleaved registers of panel block p_out: dword i of
+// row r to lane r of register i. Each z[p] is spread to [a0 b0 a1 b1 .. a7 b7], so
+// qword i holds the pair for lanes 2p, 2p + 1 of register i: an 8 x 8 transpose of
+// qwords.
+AI void panel_transpose(const __m512i z[8], __m512i *out) {
+    const __m512i spread = _mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    __m512i y[8], t[8], u[8];
+    for (int p = 0; p < 8; p++) y[p] = _mm512_permutexvar_epi32(spread, z[p]);
+    for (int p = 0; p < 8; p += 2) {
+        t[p] = _mm512_unpacklo_epi64(y[p], y[p + 1]);       // qwords 0, 2, 4, 6
+        t[p + 1] = _mm512_unpackhi_epi64(y[p], y[p + 1]);   // qwords 1, 3, 5, 7
+    }
+    for (int q = 0; q < 2; q++)   // q = 0: rows 0-7, 1: rows 8-15
+        for (int h = 0; h < 2; h++) {   // h = 0: even qwords, 1: odd
+            __m512i a = t[4 * q + h], b = t[4 * q + 2 + h];
+            u[4 * q + 2 * h] = _mm512_shuffle_i64x2(a, b, 0x88);       // qwords h, h + 4
+            u[4 * q + 2 * h + 1] = _mm512_shuffle_i64x2(a, b, 0xDD);   // h + 2, h + 6
+        }
+    // u[2h + j] (rows 0-7) with u[4 + 2h + j] (rows 8-15): qwords h + 2j and h + 2j + 4
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 2; j++) {
+            out[h + 2 * j] = _mm512_shuffle_i64x2(u[2 * h + j], u[4 + 2 * h + j], 0x88);
+            out[h + 2 * j + 4] = _mm512_shuffle_i64x2(u[2 * h + j], u[4 + 2 * h + j], 0xDD);
+        }
+}
+
 // Weights [i0, i0 + n) of nr rows (the rest of the 16 zero) into panel blocks.
 AI void panel_pack(const int type, const uint8_t *w, size_t ws, int nr, int64_t i0, int64_t n,
                    __m512i *pb) {
     const int bw = type == LZ_Q6_K ? 16 : 32, nreg = panel_regs(bw);
-    memset(pb, 0, sizeof *pb * (size_t)(n / bw * nreg));
     const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    if (type != LZ_Q6_K) {
+        // rows past nr read row 0 again (their lanes are never stored)
+        const uint8_t *rows[PANEL];
+        for (int r = 0; r < PANEL; r++) rows[r] = w + (r < nr ? r : 0) * ws;
+        float kdsc[8][PANEL], kmc[8][PANEL];   // Q4_K: a super-block's, for its 8 blocks
+        for (int64_t b = 0; b < n / 32; b++) {
+            const int64_t blk = i0 / 32 + b;   // block of the row
+            __m512i z[8];
+            float dsc[PANEL], mc[PANEL];
+            for (int p = 0; p < 8; p++) {
+                const uint8_t *ra = rows[2 * p], *rb = rows[2 * p + 1];
+                if (type == LZ_Q4_0) {
+                    z[p] = nibbles_pair(ra + blk * 18 + 2, rb + blk * 18 + 2);
+                } else if (type == LZ_Q8_0) {   // code = q + 128, unsigned
+                    z[p] = _mm512_xor_si512(
+                        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(ra + blk * 34 + 2))),
+                                           _mm256_loadu_si256((const __m256i *)(rb + blk * 34 + 2)), 1),
+                        _mm512_set1_epi8((char)0x80));
+                } else {   // Q4_K: block j of a super-block = low (even j) or high nibbles of chunk j / 2
+                    const int64_t sb = blk / 8, j = blk % 8;
+                    __m512i v = _mm512_inserti64x4(
+                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(ra + sb * 144 + 16 + 32 * (j / 2)))),
+                        _mm256_loadu_si256((const __m256i *)(rb + sb * 144 + 16 + 32 * (j / 2))), 1);
+                    if (j & 1) v = _mm512_srli_epi16(v, 4);
+                    z[p] = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+                }
+            }
+            if (type == LZ_Q4_K && blk % 8 == 0)   // slices start at super-blocks
+                for (int r = 0; r < PANEL; r++) {   // value = d * sc * q - dmin * mn per 32
+                    const uint8_t *sbp = rows[r] + blk / 8 * 144;
+                    uint8_t sc[8], mn[8];
+                    lz_k_scales(sbp + 4, sc, mn);
+                    __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(sbp)));
+                    for (int j = 0; j < 8; j++) {
+                        kdsc[j][r] = _mm_cvtss_f32(dd) * sc[j];
+                        kmc[j][r] = -_mm_cvtss_f32(_mm_movehdup_ps(dd)) * mn[j];
+                    }
+                }
+            for (int r = 0; r < PANEL; r++) {
+                if (type == LZ_Q4_K) {
+                    dsc[r] = kdsc[blk % 8][r];
+                    mc[r] = kmc[blk % 8][r];
+                } else {
+                    const float d = _cvtsh_ss((unsigned short)ld16(rows[r] + blk * lz_type_size(type)));
+                    dsc[r] = d;
+                    mc[r] = (type == LZ_Q4_0 ? -8.0f : -128.0f) * d;
+                }
+            }
+            __m512i *p = pb + b * nreg;
+            panel_transpose(z, p);
+            p[8] = _mm512_castps_si512(_mm512_loadu_ps(dsc));
+            p[9] = _mm512_castps_si512(_mm512_loadu_ps(mc));
+        }
+        return;
+    }
+    memset(pb, 0, sizeof *pb * (size_t)(n / bw * nreg));
     for (int r = 0; r < nr; r++) {
         const uint8_t *row = w + r * ws;
-        if (type == LZ_Q4_0 || type == LZ_Q8_0) {
-            for (int64_t b = 0; b < n / 32; b++) {
-                const uint8_t *blk = row + (i0 / 32 + b) * lz_type_size(type);
-                uint8_t codes[32];
-                const float d = _cvtsh_ss((unsigned short)ld16(blk));
-                __m512i *p = pb + b * nreg;
-                if (type == LZ_Q4_0) {
-                    __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
-                    _mm_storeu_si128((__m128i *)codes, _mm_and_si128(v, _mm_set1_epi8(0x0F)));
-                    _mm_storeu_si128((__m128i *)(codes + 16),
-                                     _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F)));
-                    panel_put(32, p, r, codes, d, -8.0f * d);
-                } else {   // Q8_0: code = q + 128, unsigned
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 2));
-                    _mm256_storeu_si256((__m256i *)codes, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
-                    panel_put(32, p, r, codes, d, -128.0f * d);
-                }
-            }
-        } else if (type == LZ_Q4_K) {   // value = d * sc * q - dmin * mn per 32
-            for (int64_t sb = 0; sb < n / QK_K; sb++) {
-                const uint8_t *blk = row + (i0 / QK_K + sb) * 144;
-                uint8_t sc[8], mn[8];
-                lz_k_scales(blk + 4, sc, mn);
-                __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(blk)));
-                const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
-                for (int c = 0; c < 4; c++) {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
-                    uint8_t lo[32], hi[32];
-                    _mm256_storeu_si256((__m256i *)lo, _mm256_and_si256(v, m4));
-                    _mm256_storeu_si256((__m256i *)hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-                    __m512i *p = pb + (8 * sb + 2 * c) * nreg;
-                    panel_put(32, p, r, lo, d * sc[2 * c], -dmin * mn[2 * c]);
-                    panel_put(32, p + nreg, r, hi, d * sc[2 * c + 1], -dmin * mn[2 * c + 1]);
-                }
-            }
-        } else {   // Q6_K: value = d * sc * (q - 32) per 16, q = 4 low bits (ql) + 2 high (qh)
+        {   // Q6_K: value = d * sc * (q - 32) per 16, q = 4 low bits (ql) + 2 high (qh)
             for (int64_t sb = 0; sb < n / QK_K; sb++) {
                 const uint8_t *blk = row + (i0 / QK_K + sb) * 210;
                 const float d = _cvtsh_ss((unsigned short)ld16(blk + 208));
