@@ -4,13 +4,15 @@
 //
 //     bandwidth MIB THREADS STREAMS REPS
 //
-// Each thread reads its own contiguous share of a MIB-MiB buffer (pages touched
-// first, by the thread that will read them), split into STREAMS parallel runs that
-// it walks side by side (as a kernel reading several weight rows at once does),
-// with 64-byte vector loads and 4 independent accumulators. Prints the best and the
-// median GB/s over REPS passes, after one untimed warm pass.
+// The threads claim 1 MiB chunks of a MIB-MiB buffer from a shared counter (as the
+// kernels' thread pool hands out rows, so a thread descheduled by another process
+// costs the pass its share, not the whole pass), and read each chunk as STREAMS
+// parallel runs walked side by side (as a kernel reading several weight rows at once
+// does), with 64-byte vector loads and 4 independent accumulators. Prints the best
+// and the median GB/s over REPS passes, after one untimed warm pass.
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +21,10 @@
 
 typedef long long v8 __attribute__((vector_size(64), aligned(64)));
 
-static size_t share_bytes;
+#define CHUNK ((size_t)1 << 20)
+
+static size_t total_bytes;
+static atomic_size_t next_chunk;
 static int n_threads, n_streams;
 static unsigned char *buf;
 static pthread_barrier_t start_line, finish_line;
@@ -44,12 +49,15 @@ static v8 read_streams(const unsigned char *base, size_t bytes, int streams) {
 }
 
 static void *worker(void *arg) {
-    long id = (long)arg;
-    unsigned char *mine = buf + id * share_bytes;
-    memset(mine, 1, share_bytes);   // first touch: the reader's own pages
+    (void)arg;
     for (int r = 0; r <= reps; r++) {
         pthread_barrier_wait(&start_line);
-        v8 s = read_streams(mine, share_bytes, n_streams);
+        v8 s = {0};
+        for (;;) {
+            size_t off = atomic_fetch_add(&next_chunk, CHUNK);
+            if (off >= total_bytes) break;
+            s += read_streams(buf + off, CHUNK, n_streams);
+        }
         sink += s[0] + s[7];
         pthread_barrier_wait(&finish_line);
     }
@@ -70,25 +78,27 @@ int main(int argc, char **argv) {
     n_threads = atoi(argv[2]);
     n_streams = atoi(argv[3]);
     reps = atoi(argv[4]);
-    if (n_threads < 1 || n_streams < 1 || reps < 1 || total < (size_t)n_threads * n_streams * 4096) {
+    if (n_threads < 1 || n_streams < 1 || reps < 1 || total < CHUNK || n_streams > 64) {
         fprintf(stderr, "bandwidth: bad arguments\n");
         return 2;
     }
-    share_bytes = total / n_threads / 4096 * 4096;
-    buf = aligned_alloc(4096, share_bytes * n_threads);
+    total_bytes = total / CHUNK * CHUNK;
+    buf = aligned_alloc(4096, total_bytes);
     if (!buf) return 1;
+    memset(buf, 1, total_bytes);
     pthread_barrier_init(&start_line, NULL, n_threads + 1);
     pthread_barrier_init(&finish_line, NULL, n_threads + 1);
     pthread_t th[256];
     for (long i = 0; i < n_threads; i++) pthread_create(&th[i], NULL, worker, (void *)i);
     double *gbs = calloc(reps, sizeof *gbs);
-    size_t per = share_bytes / n_streams / 256 * 256 * n_streams;
+    size_t per = CHUNK / n_streams / 256 * 256 * n_streams;   // bytes read of each chunk
     for (int r = 0; r <= reps; r++) {
+        atomic_store(&next_chunk, 0);
         pthread_barrier_wait(&start_line);
         double t0 = now();
         pthread_barrier_wait(&finish_line);
         double dt = now() - t0;
-        if (r > 0) gbs[r - 1] = (double)per * n_threads / dt / 1e9;
+        if (r > 0) gbs[r - 1] = (double)per * (total_bytes / CHUNK) / dt / 1e9;
     }
     for (int i = 0; i < n_threads; i++) pthread_join(th[i], NULL);
     qsort(gbs, reps, sizeof *gbs, cmp);
