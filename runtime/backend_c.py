@@ -72,12 +72,15 @@ class Tensor:
     def __init__(self, rows, cols, addr=None, owner=None):
         self.rows = rows
         self.cols = cols
-        self.pooled = addr is None
-        if addr is None:
+        pooled = addr is None
+        if pooled:
             owner = _pool.take(max(1, rows * cols))
             addr = ctypes.addressof(owner)
         self.addr = addr
         self.owner = owner
+        # last: __del__ gives the buffer back only once every field it reads is set
+        # (a Ctrl-C can land anywhere in here)
+        self.pooled = pooled
 
     def __del__(self):
         # getattr: a Ctrl-C inside __init__ leaves an instance with no fields yet
