@@ -113,7 +113,10 @@ def one_turn(turns, text, out=None):
     def write(piece):
         out.write(piece)
         out.flush()
-    turns.answer(text, write)
+    # Ctrl-C sets a flag the generator checks between tokens: a KeyboardInterrupt
+    # raised wherever the signal lands could land in a finalizer, which swallows it
+    with _Interrupt() as stop:
+        turns.answer(text, write, stop)
     out.write("\n")
     out.flush()
     if turns.last_finish == "interrupted":   # Ctrl-C: a cut answer is not a success (130)
@@ -130,6 +133,8 @@ class _Interrupt:
     def __enter__(self):
         self.requested = False
         self.previous = signal.signal(signal.SIGINT, self._handle)
+        if self.previous == signal.SIG_IGN:   # inherited ignored (a background job): stays so
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return self
 
     def _handle(self, signum, frame):
