@@ -46,6 +46,8 @@ VARIANTS = {
     "aarch64": {
         "neon": (["-mcpu=generic"], ["matmul_neon.c"], ["LZ_NEON"]),
         "dotprod": (["-mcpu=generic+dotprod+fullfp16"], ["matmul_neon.c"], ["LZ_NEON"]),
+        # Armv8.6's int8 matrix multiply (smmla): the same file's 2x2-per-instruction tiles
+        "i8mm": (["-mcpu=generic+dotprod+fullfp16+i8mm"], ["matmul_neon.c"], ["LZ_NEON"]),
     },
     "riscv64": {
         "rv64gc": (["-mcpu=baseline_rv64"], [], []),
@@ -146,7 +148,8 @@ SANITIZE_FLAGS = ["-std=c11", "-O1", "-g", "-fPIC", "-fno-omit-frame-pointer",
                   "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                   "-fvisibility=hidden", "-fno-math-errno", "-ffp-contract=off"]
 # zig's -mcpu names, as GCC/Clang flags
-_HOST_CPU_FLAGS = {"-mcpu=generic+dotprod+fullfp16": ["-march=armv8.2-a+dotprod+fp16"]}
+_HOST_CPU_FLAGS = {"-mcpu=generic+dotprod+fullfp16": ["-march=armv8.2-a+dotprod+fp16"],
+                   "-mcpu=generic+dotprod+fullfp16+i8mm": ["-march=armv8.6-a+dotprod+fp16+i8mm"]}
 
 
 def host_cc():

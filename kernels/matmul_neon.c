@@ -37,60 +37,173 @@ AI int8x16_t s8(uint8x16_t v) { return vreinterpretq_s8_u8(v); }
 
 // ---------------------------------------------------------------- 32-blocks
 
-// R rows x T tokens: each block is unpacked once and met by all T tokens (prompt
-// batches and batched decoding); per token the sums run as in a one-token dot, so a
-// result does not depend on the tile it was computed in.
-AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
-                    size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
+// One block's 32 weights as signed bytes (w0: weights 0-15, w1: 16-31), offsets
+// applied; its d and (Q4_1/Q5_1) its minimum m.
+AI void legacy_block(const int type, const uint8_t *blk, int8x16_t *w0, int8x16_t *w1,
+                     float *d, float *m) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), h5 = vdupq_n_u8(0x10);
+    if (type == LZ_Q8_0) {
+        *w0 = vld1q_s8((const int8_t *)blk + 2);
+        *w1 = vld1q_s8((const int8_t *)blk + 18);
+    } else {
+        const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
+        uint8x16_t v = vld1q_u8(blk + qs);
+        uint8x16_t lo = vandq_u8(v, m4), hi = vshrq_n_u8(v, 4);
+        if (type == LZ_Q5_0 || type == LZ_Q5_1) {
+            uint32_t qh = ld32(blk + (type == LZ_Q5_0 ? 2 : 4));
+            lo = vorrq_u8(lo, vandq_u8(bits16(qh), h5));
+            hi = vorrq_u8(hi, vandq_u8(bits16(qh >> 16), h5));
+        }
+        *w0 = s8(lo);
+        *w1 = s8(hi);
+        if (type == LZ_Q4_0 || type == LZ_Q5_0) {
+            const int8x16_t off = vdupq_n_s8(type == LZ_Q4_0 ? 8 : 16);
+            *w0 = vsubq_s8(*w0, off);
+            *w1 = vsubq_s8(*w1, off);
+        }
+    }
+    *d = h2f(blk);
+    *m = type == LZ_Q4_1 || type == LZ_Q5_1 ? h2f(blk + 2) : 0.0f;
+}
+
+AI float dotf(const float *a, const float *b, int64_t n) {
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) acc = vfmaq_f32(acc, vld1q_f32(a + i), vld1q_f32(b + i));
+    float s = vaddvq_f32(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// 1 row x T tokens: the block is unpacked once and met by all T tokens.
+AI void legacy_tile(const int type, const int T, int64_t k, const uint8_t *w,
+                    const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = lz_type_size(type);
     const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK;
-    const uint8x16_t m4 = vdupq_n_u8(0x0F), h5 = vdupq_n_u8(0x10);
-    for (int r = 0; r < R; r++) {
-        const uint8_t *row = w + r * ws;
-        float32x4_t acc[T];
-        float accm[T];
+    float32x4_t acc[T];
+    float accm[T];
+    for (int t = 0; t < T; t++) {
+        acc[t] = vdupq_n_f32(0.0f);
+        accm[t] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        int8x16_t w0, w1;
+        float d, m;
+        legacy_block(type, w + b * bs, &w0, &w1, &d, &m);
         for (int t = 0; t < T; t++) {
-            acc[t] = vdupq_n_f32(0.0f);
-            accm[t] = 0.0f;
+            const uint8_t *xt = x + t * xs;
+            const int8_t *xb = (const int8_t *)xt + 32 * b;
+            int32x4_t s = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(xb)), w1, vld1q_s8(xb + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), d * xq8_d(xt, k)[b]);
+            if (with_min) accm[t] += m * xq8_s(xt, k)[b];   // the minimum meets sum(x)
         }
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * bs;
-            int8x16_t w0, w1;
-            if (type == LZ_Q8_0) {
-                w0 = vld1q_s8((const int8_t *)blk + 2);
-                w1 = vld1q_s8((const int8_t *)blk + 18);
-            } else {
-                const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
-                uint8x16_t v = vld1q_u8(blk + qs);
-                uint8x16_t lo = vandq_u8(v, m4), hi = vshrq_n_u8(v, 4);
-                if (type == LZ_Q5_0 || type == LZ_Q5_1) {
-                    uint32_t qh = ld32(blk + (type == LZ_Q5_0 ? 2 : 4));
-                    lo = vorrq_u8(lo, vandq_u8(bits16(qh), h5));
-                    hi = vorrq_u8(hi, vandq_u8(bits16(qh >> 16), h5));
-                }
-                w0 = s8(lo);
-                w1 = s8(hi);
-                if (type == LZ_Q4_0) {
-                    w0 = vsubq_s8(w0, vdupq_n_s8(8));
-                    w1 = vsubq_s8(w1, vdupq_n_s8(8));
-                } else if (type == LZ_Q5_0) {
-                    w0 = vsubq_s8(w0, vdupq_n_s8(16));
-                    w1 = vsubq_s8(w1, vdupq_n_s8(16));
-                }
-            }
-            const float d = h2f(blk), m = with_min ? h2f(blk + 2) : 0.0f;
-            for (int t = 0; t < T; t++) {
-                const uint8_t *xt = x + t * xs;
-                const int8_t *xb = (const int8_t *)xt + 32 * b;
-                int32x4_t s = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(xb)), w1, vld1q_s8(xb + 16));
-                acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), d * xq8_d(xt, k)[b]);
-                if (with_min) accm[t] += m * xq8_s(xt, k)[b];   // the minimum meets sum(x)
-            }
+    }
+    for (int t = 0; t < T; t++) y[t * ldy] = vaddvq_f32(acc[t]) + accm[t];
+}
+
+// 4 rows x T tokens: the four rows' blocks are unpacked once for all T tokens, each
+// token's block is loaded once for the four rows, and the four rows' integer sums
+// are folded into one vector (pairwise adds) that takes one convert and one
+// multiply-add by the four rows' d times the token's scale. A token's four results
+// are adjacent in y. The minimums (Q4_1/Q5_1) are kept per row and block and meet
+// the tokens' block sums in one dot product per row and token at the end.
+AI void legacy_tile4(const int type, const int T, int64_t k, const uint8_t *w, size_t ws,
+                     const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const int bs = lz_type_size(type);
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
+    const int64_t nb = k / QK;
+    float mins[4][with_min ? nb : 1];
+    float32x4_t acc[T];
+    for (int t = 0; t < T; t++) acc[t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        int8x16_t w0[4], w1[4];
+        float d[4];
+        for (int r = 0; r < 4; r++)
+            legacy_block(type, w + r * ws + b * bs, &w0[r], &w1[r], &d[r], &mins[r][with_min ? b : 0]);
+        const float32x4_t dv = vld1q_f32(d);
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xt = x + t * xs;
+            const int8x16_t x0 = vld1q_s8((const int8_t *)xt + 32 * b);
+            const int8x16_t x1 = vld1q_s8((const int8_t *)xt + 32 * b + 16);
+            int32x4_t s[4];
+            for (int r = 0; r < 4; r++) s[r] = dot16(dot16(vdupq_n_s32(0), w0[r], x0), w1[r], x1);
+            const int32x4_t s4 = vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+            acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(s4), vmulq_n_f32(dv, xq8_d(xt, k)[b]));
         }
-        for (int t = 0; t < T; t++) y[t * ldy + r] = vaddvq_f32(acc[t]) + accm[t];
+    }
+    for (int t = 0; t < T; t++) {
+        float32x4_t out = acc[t];
+        if (with_min) {
+            const float *st = xq8_s(x + t * xs, k);
+            const float m4[4] = {dotf(mins[0], st, nb), dotf(mins[1], st, nb),
+                                 dotf(mins[2], st, nb), dotf(mins[3], st, nb)};
+            out = vaddq_f32(out, vld1q_f32(m4));
+        }
+        vst1q_f32(y + t * ldy, out);
     }
 }
+
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+// 4 rows x 2P tokens with the int8 matrix multiply (smmla, variant i8mm): one smmla
+// multiplies 2 rows x 8 weights by 2 tokens x 8 values into the 2 x 2 sums, so four
+// of them cover a block for a pair of rows and a pair of tokens. The operands are
+// the two rows' (tokens') 8-byte pieces side by side, made with 64-bit zips. Sums
+// come as (row a, token c), (a, e), (b, c), (b, e), scaled by d_a dx_c, ...
+AI void zip_pairs(int8x16_t a0, int8x16_t a1, int8x16_t b0, int8x16_t b1, int8x16_t out[4]) {
+    const int64x2_t p0 = vreinterpretq_s64_s8(a0), p1 = vreinterpretq_s64_s8(a1);
+    const int64x2_t q0 = vreinterpretq_s64_s8(b0), q1 = vreinterpretq_s64_s8(b1);
+    out[0] = vreinterpretq_s8_s64(vzip1q_s64(p0, q0));
+    out[1] = vreinterpretq_s8_s64(vzip2q_s64(p0, q0));
+    out[2] = vreinterpretq_s8_s64(vzip1q_s64(p1, q1));
+    out[3] = vreinterpretq_s8_s64(vzip2q_s64(p1, q1));
+}
+
+AI void legacy_tile4_mm(const int type, const int P, int64_t k, const uint8_t *w, size_t ws,
+                        const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const int bs = lz_type_size(type);
+    const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
+    const int64_t nb = k / QK;
+    float mins[4][with_min ? nb : 1];
+    float32x4_t acc[2][P];
+    for (int h = 0; h < 2; h++)
+        for (int p = 0; p < P; p++) acc[h][p] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        int8x16_t w0[4], w1[4], W[2][4];
+        float d[4];
+        for (int r = 0; r < 4; r++)
+            legacy_block(type, w + r * ws + b * bs, &w0[r], &w1[r], &d[r], &mins[r][with_min ? b : 0]);
+        zip_pairs(w0[0], w1[0], w0[1], w1[1], W[0]);
+        zip_pairs(w0[2], w1[2], w0[3], w1[3], W[1]);
+        const float32x4_t d01 = vcombine_f32(vdup_n_f32(d[0]), vdup_n_f32(d[1]));
+        const float32x4_t d23 = vcombine_f32(vdup_n_f32(d[2]), vdup_n_f32(d[3]));
+        for (int p = 0; p < P; p++) {
+            const uint8_t *xc = x + 2 * p * xs, *xe = xc + xs;
+            const int8_t *bc = (const int8_t *)xc + 32 * b, *be = (const int8_t *)xe + 32 * b;
+            int8x16_t X[4];
+            zip_pairs(vld1q_s8(bc), vld1q_s8(bc + 16), vld1q_s8(be), vld1q_s8(be + 16), X);
+            const float dxv[2] = {xq8_d(xc, k)[b], xq8_d(xe, k)[b]};
+            const float32x2_t dx = vld1_f32(dxv);
+            const float32x4_t dx2 = vcombine_f32(dx, dx);
+            for (int h = 0; h < 2; h++) {
+                int32x4_t s = vdupq_n_s32(0);
+                for (int i = 0; i < 4; i++) s = vmmlaq_s32(s, W[h][i], X[i]);
+                acc[h][p] = vfmaq_f32(acc[h][p], vcvtq_f32_s32(s), vmulq_f32(h ? d23 : d01, dx2));
+            }
+        }
+    }
+    for (int p = 0; p < P; p++)
+        for (int h = 0; h < 2; h++) {
+            float v[4];
+            vst1q_f32(v, acc[h][p]);
+            for (int i = 0; i < 4; i++) {
+                const int r = 2 * h + (i >> 1), t = 2 * p + (i & 1);
+                if (with_min) v[i] += dotf(mins[r], xq8_s(x + t * xs, k), nb);
+                y[t * ldy + r] = v[i];
+            }
+        }
+}
+#endif
 
 // ---------------------------------------------------------------- K-quants
 
@@ -126,57 +239,152 @@ AI int8x16_t kq_part(const int type, const uint8_t *b, int j, int h) {
     return vsubq_s8(s8(vorrq_u8(v, vshlq_n_u8(hb, 2))), vdupq_n_s8(4));
 }
 
-// R rows x T tokens; each super-block's scales and weights are unpacked once for
-// all T tokens.
+// Sums over the weights of part j (two halves of 16, one or two group scales) for one
+// row and one token; Q4_K/Q5_K scale by 32, so both halves take one multiply.
+AI int32x4_t kq_dot(const int type, const int8x16_t p0, const int8x16_t p1, const int8_t *xq,
+                    int j, const int *sc, int32x4_t acc) {
+    const int8x16_t x0 = vld1q_s8(xq + 32 * j), x1 = vld1q_s8(xq + 32 * j + 16);
+    if (type == LZ_Q4_K || type == LZ_Q5_K)
+        return vmlaq_n_s32(acc, dot16(dot16(vdupq_n_s32(0), p0, x0), p1, x1), sc[2 * j]);
+    acc = vmlaq_n_s32(acc, dot16(vdupq_n_s32(0), p0, x0), sc[2 * j]);
+    return vmlaq_n_s32(acc, dot16(vdupq_n_s32(0), p1, x1), sc[2 * j + 1]);
+}
+
+// The minimums' part for one row and token: sum of mn[g] * bsums[g] over 16 groups.
+AI int32_t kq_msum(const int *mn, const int16_t *bsums) {
+    const int16x8_t b0 = vld1q_s16(bsums), b1 = vld1q_s16(bsums + 8);
+    int32x4_t s = vmulq_s32(vld1q_s32(mn), vmovl_s16(vget_low_s16(b0)));
+    s = vmlaq_s32(s, vld1q_s32(mn + 4), vmovl_high_s16(b0));
+    s = vmlaq_s32(s, vld1q_s32(mn + 8), vmovl_s16(vget_low_s16(b1)));
+    s = vmlaq_s32(s, vld1q_s32(mn + 12), vmovl_high_s16(b1));
+    return vaddvq_s32(s);
+}
+
+// R rows (1 or 4) x T tokens: each super-block's scales and weights are unpacked once
+// for all T tokens, and each token's values are loaded once for the R rows. With four
+// rows, the rows' integer sums fold into one vector (pairwise adds) scaled by the
+// four rows' d at once, and a token's four results are adjacent in y.
 AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                 size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const int bs = lz_type_size(type);
+    const int with_min = type == LZ_Q2_K || type == LZ_Q4_K || type == LZ_Q5_K;
     const int64_t nsb = k / QK_K;
-    for (int r = 0; r < R; r++) {
-        float sum[T];
-        for (int t = 0; t < T; t++) sum[t] = 0.0f;
-        for (int64_t sb = 0; sb < nsb; sb++) {
-            const uint8_t *blk = w + r * ws + sb * bs;
-            int sc[16], mn[16];
-            float d, dmin;
-            lz_kq_scales(type, blk, sc, mn, &d, &dmin);
-            int32x4_t acc[T];
-            for (int t = 0; t < T; t++) acc[t] = vdupq_n_s32(0);
-            for (int j = 0; j < 8; j++)
-                for (int h = 0; h < 2; h++) {
-                    const int8x16_t part = kq_part(type, blk, j, h);
-                    for (int t = 0; t < T; t++) {
-                        const int8_t *xq = (const int8_t *)(x + t * xs) + sb * QK_K;
-                        int32x4_t p = dot16(vdupq_n_s32(0), part, vld1q_s8(xq + 32 * j + 16 * h));
-                        acc[t] = vmlaq_n_s32(acc[t], p, sc[2 * j + h]);
-                    }
-                }
+    float32x4_t out[T];
+    float out1[T];
+    for (int t = 0; t < T; t++) {
+        out[t] = vdupq_n_f32(0.0f);
+        out1[t] = 0.0f;
+    }
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        int sc[R][16], mn[R][16];
+        float d[4] = {0}, dmin[4] = {0};
+        for (int r = 0; r < R; r++)
+            lz_kq_scales(type, w + r * ws + sb * bs, sc[r], mn[r], &d[r], &dmin[r]);
+        int32x4_t acc[R][T];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j++) {
+            int8x16_t p0[R], p1[R];
+            for (int r = 0; r < R; r++) {
+                p0[r] = kq_part(type, w + r * ws + sb * bs, j, 0);
+                p1[r] = kq_part(type, w + r * ws + sb * bs, j, 1);
+            }
             for (int t = 0; t < T; t++) {
-                const int16_t *bs16 = xq8k_bsums(x + t * xs, k) + sb * 16;
-                int msum = 0;
-                for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
-                sum[t] += xq8k_d(x + t * xs, k)[sb] * (d * (float)vaddvq_s32(acc[t]) - dmin * (float)msum);
+                const int8_t *xq = (const int8_t *)(x + t * xs) + sb * QK_K;
+                for (int r = 0; r < R; r++) acc[r][t] = kq_dot(type, p0[r], p1[r], xq, j, sc[r], acc[r][t]);
             }
         }
-        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[t];
+        for (int t = 0; t < T; t++) {
+            const int16_t *bsums = xq8k_bsums(x + t * xs, k) + sb * 16;
+            const float dx = xq8k_d(x + t * xs, k)[sb];
+            if (R == 1) {
+                const float msum = with_min ? (float)kq_msum(mn[0], bsums) : 0.0f;
+                out1[t] += dx * (d[0] * (float)vaddvq_s32(acc[0][t]) - dmin[0] * msum);
+                continue;
+            }
+            const int32x4_t s4 = vpaddq_s32(vpaddq_s32(acc[0][t], acc[R > 1][t]),
+                                            vpaddq_s32(acc[R > 2 ? 2 : 0][t], acc[R > 3 ? 3 : 0][t]));
+            float32x4_t v = vmulq_f32(vld1q_f32(d), vcvtq_f32_s32(s4));
+            if (with_min) {
+                const int32_t ms[4] = {kq_msum(mn[0], bsums), kq_msum(mn[R > 1], bsums),
+                                       kq_msum(mn[R > 2 ? 2 : 0], bsums), kq_msum(mn[R > 3 ? 3 : 0], bsums)};
+                v = vsubq_f32(v, vmulq_f32(vld1q_f32(dmin), vcvtq_f32_s32(vld1q_s32(ms))));
+            }
+            out[t] = vfmaq_n_f32(out[t], v, dx);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        if (R == 1) y[t * ldy] = out1[t];
+        else vst1q_f32(y + t * ldy, out[t]);
     }
 }
 
 // ---------------------------------------------------------------- tiles
 
-// Tiles of 1 row x 4 tokens: a block is unpacked once per 4 tokens (measured under
-// qemu only, so no finer tuning; the 32 vector registers would hold wider tiles).
+// An output block of nr rows x nt tokens: tiles of 4 rows x TT tokens, then the
+// leftover tokens (short prompts, a few sequences decoding together) in one narrower
+// column of 4-row tiles, and the last nr % 4 rows one at a time. A single token also
+// takes 4 rows at a time: four weight streams, and the token's values loaded once.
+#define COLUMN(tile4, tile1, type, TN)                                                    \
+    do {                                                                                  \
+        int r = 0;                                                                        \
+        for (; r + 4 <= nr; r += 4) tile4(type, TN, k, w + r * ws, ws, xt, xs, yt + r, ldy); \
+        for (; r < nr; r++) tile1(type, TN, k, w + r * ws, xt, xs, yt + r, ldy);          \
+    } while (0)
+
+#define NEON_TILE(name, tile4, tile1, type, TT)                                           \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,   \
+                     size_t xs, int nt, float *y, size_t ldy) {                           \
+        int t = 0;                                                                        \
+        for (; t + TT <= nt; t += TT) {                                                   \
+            const uint8_t *xt = x + t * xs;                                               \
+            float *yt = y + t * ldy;                                                      \
+            COLUMN(tile4, tile1, type, TT);                                               \
+        }                                                                                 \
+        const uint8_t *xt = x + t * xs;                                                   \
+        float *yt = y + t * ldy;                                                          \
+        switch (nt - t) {                                                                 \
+        case 3: if (3 < TT) COLUMN(tile4, tile1, type, 3); break;                         \
+        case 2: if (2 < TT) COLUMN(tile4, tile1, type, 2); break;                         \
+        case 1: if (1 < TT) COLUMN(tile4, tile1, type, 1); break;                         \
+        default: break;                                                                   \
+        }                                                                                 \
+    }
+
+AI void kq_tile4(const int type, const int T, int64_t k, const uint8_t *w, size_t ws,
+                 const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    kq_tile(type, 4, T, k, w, ws, x, xs, y, ldy);
+}
+AI void kq_tile1(const int type, const int T, int64_t k, const uint8_t *w, const uint8_t *x,
+                 size_t xs, float *y, size_t ldy) {
+    kq_tile(type, 1, T, k, w, 0, x, xs, y, ldy);
+}
+
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+// Pairs of tokens go through smmla; an odd one left over takes the dot products.
+AI void legacy_tile4_i8mm(const int type, const int T, int64_t k, const uint8_t *w, size_t ws,
+                          const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    if (T >= 2) legacy_tile4_mm(type, T / 2, k, w, ws, x, xs, y, ldy);
+    if (T & 1) legacy_tile4(type, 1, k, w, ws, x + (T - 1) * xs, xs, y + (T - 1) * ldy, ldy);
+}
+#define LEGACY_TILE4 legacy_tile4_i8mm
+#else
+#define LEGACY_TILE4 legacy_tile4
+#endif
+
+// 4 rows x 4 tokens (measured under qemu only, see BENCHMARKS.md): 16 sums per
+// unpacked block group, within NEON's 32 registers.
 #define LEGACY_T 4
 #define KQ_T 4
-DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, 1, LEGACY_T)
-DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, 1, LEGACY_T)
-DEFINE_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, 1, LEGACY_T)
-DEFINE_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, 1, LEGACY_T)
-DEFINE_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, 1, LEGACY_T)
-DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, 1, KQ_T)
-DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, 1, KQ_T)
-DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, 1, KQ_T)
-DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, 1, KQ_T)
-DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, 1, KQ_T)
+NEON_TILE(tile_q4_0, LEGACY_TILE4, legacy_tile, LZ_Q4_0, LEGACY_T)
+NEON_TILE(tile_q4_1, LEGACY_TILE4, legacy_tile, LZ_Q4_1, LEGACY_T)
+NEON_TILE(tile_q5_0, LEGACY_TILE4, legacy_tile, LZ_Q5_0, LEGACY_T)
+NEON_TILE(tile_q5_1, LEGACY_TILE4, legacy_tile, LZ_Q5_1, LEGACY_T)
+NEON_TILE(tile_q8_0, LEGACY_TILE4, legacy_tile, LZ_Q8_0, LEGACY_T)
+NEON_TILE(tile_q2_k, kq_tile4, kq_tile1, LZ_Q2_K, KQ_T)
+NEON_TILE(tile_q3_k, kq_tile4, kq_tile1, LZ_Q3_K, KQ_T)
+NEON_TILE(tile_q4_k, kq_tile4, kq_tile1, LZ_Q4_K, KQ_T)
+NEON_TILE(tile_q5_k, kq_tile4, kq_tile1, LZ_Q5_K, KQ_T)
+NEON_TILE(tile_q6_k, kq_tile4, kq_tile1, LZ_Q6_K, KQ_T)
 
 void lz_init_neon(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }

@@ -19,6 +19,7 @@
 //   9 GLU      i32 gelu; i64 n; f32 g[n], u[n]                        -> f32 [n]
 //  10 HWCAP                                                           -> u64 getauxval(AT_HWCAP)
 //  11 VARIANT                                                         -> char[32]
+//  12 HWCAP2                                                          -> u64 getauxval(AT_HWCAP2)
 #define _GNU_SOURCE // getauxval
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,10 @@
 
 #include "ops.h"
 #include "quants.h"
+
+#ifndef AT_HWCAP2
+#define AT_HWCAP2 26
+#endif
 
 LZ_API void lz_set_threads(int n);
 LZ_API const char *lz_variant(void);
@@ -152,6 +157,11 @@ int main(void) {
         }
         case 10: {
             uint64_t h = getauxval(AT_HWCAP);
+            wr(&h, 8);
+            break;
+        }
+        case 12: {
+            uint64_t h = getauxval(AT_HWCAP2);
             wr(&h, 8);
             break;
         }

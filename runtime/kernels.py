@@ -2,11 +2,11 @@
 
 Variants, best last, per architecture (kernels/build.py builds them all):
     x86_64   generic (portable C), avx2 (+FMA, F16C), avx512 (+BW, VL, VNNI)
-    aarch64  neon (baseline Armv8), dotprod (+dot product, fp16)
+    aarch64  neon (baseline Armv8), dotprod (+dot product, fp16), i8mm (+int8 matrix multiply)
     riscv64  rv64gc, rvv (RVV 1.0, vector-length agnostic)
 
 Choice: `detect_features()` reads the CPU's features (x86: /proc/cpuinfo flags;
-aarch64 and riscv64: getauxval(AT_HWCAP) through ctypes, /proc/cpuinfo as a fallback),
+aarch64 and riscv64: getauxval(AT_HWCAP, AT_HWCAP2) through ctypes, /proc/cpuinfo as a fallback),
 `choose_variant(arch, features)` takes the best variant they allow; the environment
 variable LLAMAZIP_KERNEL=<variant> overrides it. `describe()` says what was chosen,
 for --info.
@@ -41,7 +41,7 @@ from runtime.errors import UserError
 
 VARIANTS = {
     "x86_64": ("generic", "avx2", "avx512"),
-    "aarch64": ("neon", "dotprod"),
+    "aarch64": ("neon", "dotprod", "i8mm"),
     "riscv64": ("rv64gc", "rvv"),
 }
 
@@ -53,6 +53,7 @@ REQUIRES = {
                            "avx512_vnni"},
     ("aarch64", "neon"): set(),
     ("aarch64", "dotprod"): {"asimddp", "asimdhp"},
+    ("aarch64", "i8mm"): {"asimddp", "asimdhp", "i8mm"},
     ("riscv64", "rv64gc"): set(),
     ("riscv64", "rvv"): {"v"},
 }
@@ -60,8 +61,10 @@ REQUIRES = {
 ABI_VERSION = 3
 
 _AT_HWCAP = 16
-# aarch64 AT_HWCAP bits (Linux arch/arm64/include/uapi/asm/hwcap.h)
+_AT_HWCAP2 = 26
+# aarch64 AT_HWCAP and AT_HWCAP2 bits (Linux arch/arm64/include/uapi/asm/hwcap.h)
 _ARM_HWCAP = {"fp": 0, "asimd": 1, "fphp": 9, "asimdhp": 10, "asimddp": 20, "sve": 22}
+_ARM_HWCAP2 = {"i8mm": 13}
 
 
 def machine_arch():
@@ -90,17 +93,19 @@ def _getauxval(kind):
     return fn(kind)
 
 
-def detect_features(arch=None, cpuinfo=None, hwcap=None):
+def detect_features(arch=None, cpuinfo=None, hwcap=None, hwcap2=None):
     """The CPU features relevant to our variants, as a set of lowercase names.
 
-    `cpuinfo` (the text of /proc/cpuinfo) and `hwcap` (the AT_HWCAP word) default to
-    this machine's; tests pass others.
+    `cpuinfo` (the text of /proc/cpuinfo), `hwcap` and `hwcap2` (the AT_HWCAP and
+    AT_HWCAP2 words) default to this machine's; tests pass others.
     """
     arch = arch or machine_arch()
     features = set()
     info = _cpuinfo() if cpuinfo is None else cpuinfo
     if hwcap is None and cpuinfo is None and arch in ("aarch64", "riscv64"):
         hwcap = _getauxval(_AT_HWCAP)
+        if arch == "aarch64":
+            hwcap2 = _getauxval(_AT_HWCAP2)
     if arch == "x86_64":
         for line in info.splitlines():
             if line.startswith("flags"):
@@ -109,6 +114,7 @@ def detect_features(arch=None, cpuinfo=None, hwcap=None):
     elif arch == "aarch64":
         if hwcap:
             features.update(name for name, bit in _ARM_HWCAP.items() if hwcap >> bit & 1)
+            features.update(name for name, bit in _ARM_HWCAP2.items() if (hwcap2 or 0) >> bit & 1)
         else:
             for line in info.splitlines():
                 if line.startswith("Features"):

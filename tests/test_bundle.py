@@ -131,7 +131,7 @@ def test_native_runs_without_python(smol_native, smol_model, tmp_path):
     assert result.stdout == bare(smol_model, *args)
 
 
-@pytest.mark.parametrize("arch,variant", [("aarch64", "dotprod"), ("riscv64", "rvv")])
+@pytest.mark.parametrize("arch,variant", [("aarch64", "i8mm"), ("riscv64", "rvv")])
 def test_foreign_arch_under_qemu(spm_bundle, spm_model, tmp_path, arch, variant):
     """The portable header finds the foreign python3 and the runtime loads that arch's
     kernels from the bundle (numpy is not installed there)."""

@@ -57,6 +57,7 @@ RUNS = [
     ("x86_64-avx512", "x86_64", "avx512", None),
     ("aarch64-neon-a53", "aarch64", "neon", "cortex-a53"),
     ("aarch64-dotprod", "aarch64", "dotprod", "max"),
+    ("aarch64-i8mm", "aarch64", "i8mm", "max"),
     ("riscv64-rv64gc", "riscv64", "rv64gc", "rv64"),
     ("riscv64-rvv128", "riscv64", "rvv", QEMU_RVV.format(128)),
     ("riscv64-rvv256", "riscv64", "rvv", QEMU_RVV.format(256)),
@@ -166,16 +167,18 @@ def f32(a):
 # plus a narrower leftover column (9: one tile and one token); 3 = a few sequences decoding together. The matrix x
 # vector cases also vary the row length, so that kernels taking several blocks per step
 # (4 in the AVX-512 Q4_0 one) meet every short last step, on one thread and on two.
+# 6 x 6: a tile of 4 and a pair left over, in rows and in tokens (the NEON/RVV tiles
+# are 4 rows; i8mm takes tokens in pairs).
 MATMUL_SHAPES = {"gemv": (67, 1, 2), "gemv-tail1": (37, 1, 2), "gemv-tail2": (5, 1, 1),
                  "gemv-tail3": (19, 1, 1), "gemm": (37, 21, 2), "gemm-long": (21, 9, 1),
-                 "batch": (13, 3, 2)}
+                 "batch": (13, 3, 2), "pairs": (6, 6, 2)}
 # row length per shape: 32-block types get 64, 65, 66 and 19 blocks (608 = 19 * 32),
 # K-quants 3, 9, 5 and 3 super-blocks; "gemm-long" rows are longer than the 2048
 # weights a packed panel holds (81 blocks, 9 super-blocks)
 K_LEGACY = {"gemv": 2048, "gemv-tail1": 2080, "gemv-tail2": 2112, "gemv-tail3": 608, "gemm": 608,
-            "gemm-long": 2592, "batch": 2048}
+            "gemm-long": 2592, "batch": 2048, "pairs": 2048}
 K_SUPER = {"gemv": 768, "gemv-tail1": 2304, "gemv-tail2": 1280, "gemv-tail3": 768, "gemm": 768,
-           "gemm-long": 2304, "batch": 768}
+           "gemm-long": 2304, "batch": 768, "pairs": 768}
 
 
 def k_for(name, shape):
@@ -188,7 +191,6 @@ def build_script(seed=0):
     s = Script()
     s.cmd(("i", 11))
     s.expect("variant", "str")
-    s.cmd(("i", 1), ("i", 2))  # two threads: the pool runs under qemu too
     for name in TYPES:
         tid = getattr(T, name)
         for shape, (rows, n, threads) in MATMUL_SHAPES.items():
@@ -213,6 +215,7 @@ def build_script(seed=0):
         s.cmd(("i", 4), ("i", tid), ("q", k), ("raw", f32(x)))
         s.expect(f"qact-{name}", k, quantize_activations(x[None, :], tid)[0], ("exact",))
 
+    s.cmd(("i", 1), ("i", 2))  # the ops below with two threads
     nb = NumpyBackend()
 
     class FW:  # an F32 weight for the oracle
@@ -389,10 +392,18 @@ def test_detect_features_from_text():
         "riscv64", cpuinfo="isa\t\t: rv64imafdc_zicsr_zifencei\n")) == "rv64gc"
     assert kernels.choose_variant("riscv64", kernels.detect_features(
         "riscv64", cpuinfo="isa\t\t: rv64imafdcv_zicsr\n")) == "rvv"
+    n2 = a76.replace("asimddp", "asimddp sha3 sm3 sm4 asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg "
+                     "dcpodp flagm2 frint svei8mm i8mm bf16 rng")
+    assert kernels.choose_variant("aarch64", kernels.detect_features("aarch64", cpuinfo=n2)) == "i8mm"
     # AT_HWCAP words: aarch64 bit 20 = asimddp, 10 = asimdhp; riscv64 bit 21 = 'v'
+    # AT_HWCAP2: aarch64 bit 13 = i8mm
     assert kernels.choose_variant("aarch64", kernels.detect_features("aarch64", hwcap=0b11)) == "neon"
     dp = 0b11 | 1 << 9 | 1 << 10 | 1 << 20
     assert kernels.choose_variant("aarch64", kernels.detect_features("aarch64", hwcap=dp)) == "dotprod"
+    assert kernels.choose_variant("aarch64", kernels.detect_features(
+        "aarch64", hwcap=dp, hwcap2=1 << 13)) == "i8mm"
+    assert kernels.choose_variant("aarch64", kernels.detect_features(
+        "aarch64", hwcap=0b11, hwcap2=1 << 13)) == "neon"   # i8mm needs dotprod and fp16 too
     rv = sum(1 << (ord(c) - ord("a")) for c in "imafdc")
     assert kernels.choose_variant("riscv64", kernels.detect_features("riscv64", hwcap=rv)) == "rv64gc"
     assert kernels.choose_variant("riscv64", kernels.detect_features(
@@ -401,7 +412,8 @@ def test_detect_features_from_text():
 
 @pytest.mark.parametrize("arch,cpu,expected", [
     ("aarch64", "cortex-a53", "neon"),
-    ("aarch64", "max", "dotprod"),
+    ("aarch64", "cortex-a76", "dotprod"),
+    ("aarch64", "max", "i8mm"),
     ("riscv64", "rv64", "rv64gc"),
     ("riscv64", QEMU_RVV.format(256), "rvv"),
 ])
@@ -413,20 +425,25 @@ def test_choice_on_emulated_cpu(built, arch, cpu, expected):
     s = Script()
     s.cmd(("i", 10))
     s.expect("hwcap", "u64")
+    s.cmd(("i", 12))
+    s.expect("hwcap2", "u64")
     argv = [_qemu(arch), "-cpu", cpu, build.output_path(arch, fallback, driver=True)]
-    hwcap = s.run(argv)["hwcap"]
-    assert kernels.choose_variant(arch, kernels.detect_features(arch, hwcap=hwcap)) == expected
+    res = s.run(argv)
+    feats = kernels.detect_features(arch, hwcap=res["hwcap"], hwcap2=res["hwcap2"])
+    assert kernels.choose_variant(arch, feats) == expected
 
 
-def test_best_variant_sigills_without_its_extension(built):
-    """The dotprod build really needs the extension (so the neon fallback matters)."""
+@pytest.mark.parametrize("variant,cpu,n", [("dotprod", "cortex-a53", 1), ("i8mm", "cortex-a76", 4)])
+def test_best_variant_sigills_without_its_extension(built, variant, cpu, n):
+    """The dotprod and i8mm builds really need their extension (so the fallbacks
+    matter); i8mm's smmla runs for pairs of tokens."""
     if not _qemu("aarch64"):
         pytest.skip("qemu-aarch64 is not installed (apt-get install qemu-user)")
     s = Script()
-    s.cmd(("i", 2), ("i", T.Q8_0), ("q", 4), ("q", 64), ("q", 1),
+    s.cmd(("i", 2), ("i", T.Q8_0), ("q", 4), ("q", 64), ("q", n),
           ("raw", make_weights("Q8_0", 4, 64, np.random.default_rng(0)).tobytes()),
-          ("raw", f32(np.ones(64))))
-    argv = [_qemu("aarch64"), "-cpu", "cortex-a53", build.output_path("aarch64", "dotprod", driver=True)]
+          ("raw", f32(np.ones((n, 64)))))
+    argv = [_qemu("aarch64"), "-cpu", cpu, build.output_path("aarch64", variant, driver=True)]
     proc = subprocess.run(argv, input=s.payload(), capture_output=True, timeout=120)
     if proc.returncode == 0:
         pytest.skip("the compiler emitted no dotprod instruction on this path")
