@@ -3,8 +3,8 @@
 // Vector-length agnostic: we work on 16 weights at a time (one register group of
 // e8, m1 holds 16 bytes at the minimum VLEN of 128 that the V extension requires),
 // setting vl explicitly, so larger VLENs run the same code. Weights are unpacked to
-// signed bytes with their offset applied; vwmul widens the products to 16 bits and
-// vwredsum sums them into 32. Q5's fifth bits are loaded straight into a mask
+// signed bytes with their offset applied; vwmul and vwmacc widen the products of a
+// 32-weight block to 16-bit lanes and one vwredsum sums them into 32 bits. Q5's fifth bits are loaded straight into a mask
 // register (vlm: bit i of the bytes is element i's mask bit), as the layout matches.
 //
 // Only unit-stride loads and plain arithmetic: qemu-user before 8.1 mistranslates
@@ -19,65 +19,106 @@
 AI uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 AI float h2f(const uint8_t *p) { return lz_h2f(ld16(p)); }
 
-// sum(a[i] * b[i]) over 16 signed bytes
-AI int32_t dot16(vint8m1_t a, const int8_t *x) {
+// sum(a[i] * x[i]) + sum(b[i] * x[16 + i]) over 16 + 16 signed bytes: one widening
+// multiply and one widening multiply-add into 16-bit lanes (|a x + b y| <= 2 * 128 *
+// 127 < 2^15), one widening sum into 32 bits.
+AI int32_t dot32(vint8m1_t a, vint8m1_t b, vint8m1_t x0, vint8m1_t x1, vint32m1_t zero) {
     const size_t vl = 16;
-    vint16m2_t p = __riscv_vwmul_vv_i16m2(a, __riscv_vle8_v_i8m1(x, vl), vl);
-    vint32m1_t z = __riscv_vmv_v_x_i32m1(0, 1);
-    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m2_i32m1(p, z, vl));
+    vint16m2_t p = __riscv_vwmul_vv_i16m2(a, x0, vl);
+    p = __riscv_vwmacc_vv_i16m2(p, b, x1, vl);
+    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m2_i32m1(p, zero, vl));
+}
+
+// sum(a[i] * x[i]) over 16 signed bytes
+AI int32_t dot16(vint8m1_t a, vint8m1_t x0, vint32m1_t zero) {
+    const size_t vl = 16;
+    vint16m2_t p = __riscv_vwmul_vv_i16m2(a, x0, vl);
+    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m2_i32m1(p, zero, vl));
 }
 
 AI vint8m1_t s8(vuint8m1_t v) { return __riscv_vreinterpret_v_u8m1_i8m1(v); }
 
+// X(0), and X(1..3) for a tile of 4 rows (R is 1 or 4). Vector types have no size, so
+// they make no arrays: the tiles keep one named variable per row instead.
+#define FOR_ROWS(R, X)                                                                    \
+    do {                                                                                  \
+        X(0);                                                                             \
+        if ((R) > 1) {                                                                    \
+            X(1);                                                                         \
+            X(2);                                                                         \
+            X(3);                                                                         \
+        }                                                                                 \
+    } while (0)
+
 // ---------------------------------------------------------------- 32-blocks
 
-// R rows x T tokens: each block is unpacked once and met by all T tokens; per token
-// the sums run as in a one-token dot, so a result does not depend on its tile.
+// One block's 32 weights as signed bytes (w0: weights 0-15, w1: 16-31), offsets
+// applied; its d and (Q4_1/Q5_1) its minimum m.
+AI void legacy_block(const int type, const uint8_t *blk, vint8m1_t *w0, vint8m1_t *w1, float *d,
+                     float *m) {
+    const size_t vl = 16;
+    if (type == LZ_Q8_0) {
+        *w0 = __riscv_vle8_v_i8m1((const int8_t *)blk + 2, vl);
+        *w1 = __riscv_vle8_v_i8m1((const int8_t *)blk + 18, vl);
+    } else {
+        const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
+        vuint8m1_t v = __riscv_vle8_v_u8m1(blk + qs, vl);
+        vuint8m1_t lo = __riscv_vand_vx_u8m1(v, 0x0F, vl);
+        vuint8m1_t hi = __riscv_vsrl_vx_u8m1(v, 4, vl);
+        if (type == LZ_Q5_0 || type == LZ_Q5_1) {
+            const uint8_t *qh = blk + (type == LZ_Q5_0 ? 2 : 4);
+            vbool8_t m0 = __riscv_vlm_v_b8(qh, vl), m1 = __riscv_vlm_v_b8(qh + 2, vl);
+            lo = __riscv_vor_vx_u8m1_mu(m0, lo, lo, 0x10, vl);
+            hi = __riscv_vor_vx_u8m1_mu(m1, hi, hi, 0x10, vl);
+        }
+        *w0 = s8(lo);
+        *w1 = s8(hi);
+        if (type == LZ_Q4_0 || type == LZ_Q5_0) {
+            const int off = type == LZ_Q4_0 ? 8 : 16;
+            *w0 = __riscv_vsub_vx_i8m1(*w0, off, vl);
+            *w1 = __riscv_vsub_vx_i8m1(*w1, off, vl);
+        }
+    }
+    *d = h2f(blk);
+    *m = type == LZ_Q4_1 || type == LZ_Q5_1 ? h2f(blk + 2) : 0.0f;
+}
+
+// R rows (1 or 4) x T tokens: the R rows' blocks are unpacked once for all T tokens,
+// and each token's block is loaded once for the R rows; per row and token the sums
+// run as in a one-token dot, so a result does not depend on its tile.
 AI void legacy_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                     size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const size_t vl = 16;
     const int bs = lz_type_size(type);
     const int with_min = type == LZ_Q4_1 || type == LZ_Q5_1;
     const int64_t nb = k / QK;
-    for (int r = 0; r < R; r++) {
-        float sum[T];
-        for (int t = 0; t < T; t++) sum[t] = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = w + r * ws + b * bs;
-            vint8m1_t w0, w1;
-            if (type == LZ_Q8_0) {
-                w0 = __riscv_vle8_v_i8m1((const int8_t *)blk + 2, vl);
-                w1 = __riscv_vle8_v_i8m1((const int8_t *)blk + 18, vl);
-            } else {
-                const int qs = type == LZ_Q4_0 ? 2 : type == LZ_Q4_1 ? 4 : type == LZ_Q5_0 ? 6 : 8;
-                vuint8m1_t v = __riscv_vle8_v_u8m1(blk + qs, vl);
-                vuint8m1_t lo = __riscv_vand_vx_u8m1(v, 0x0F, vl);
-                vuint8m1_t hi = __riscv_vsrl_vx_u8m1(v, 4, vl);
-                if (type == LZ_Q5_0 || type == LZ_Q5_1) {
-                    const uint8_t *qh = blk + (type == LZ_Q5_0 ? 2 : 4);
-                    vbool8_t m0 = __riscv_vlm_v_b8(qh, vl), m1 = __riscv_vlm_v_b8(qh + 2, vl);
-                    lo = __riscv_vor_vx_u8m1_mu(m0, lo, lo, 0x10, vl);
-                    hi = __riscv_vor_vx_u8m1_mu(m1, hi, hi, 0x10, vl);
-                }
-                w0 = s8(lo);
-                w1 = s8(hi);
-                if (type == LZ_Q4_0 || type == LZ_Q5_0) {
-                    const int off = type == LZ_Q4_0 ? 8 : 16;
-                    w0 = __riscv_vsub_vx_i8m1(w0, off, vl);
-                    w1 = __riscv_vsub_vx_i8m1(w1, off, vl);
-                }
-            }
-            const float d = h2f(blk), m = with_min ? h2f(blk + 2) : 0.0f;
-            for (int t = 0; t < T; t++) {
-                const uint8_t *xt = x + t * xs;
-                const int8_t *xb = (const int8_t *)xt + 32 * b;
-                if (with_min) sum[t] += m * xq8_s(xt, k)[b];   // the minimum meets sum(x)
-                int32_t isum = dot16(w0, xb) + dot16(w1, xb + 16);
-                sum[t] += d * xq8_d(xt, k)[b] * (float)isum;
-            }
+    const vint32m1_t zero = __riscv_vmv_v_x_i32m1(0, 1);
+    float sum[4][T];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) sum[r][t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        vint8m1_t w0_0, w0_1, w0_2, w0_3, w1_0, w1_1, w1_2, w1_3;
+        float d[4], m[4];
+#define DECODE(i) legacy_block(type, w + i * ws + b * bs, &w0_##i, &w1_##i, &d[i], &m[i])
+        FOR_ROWS(R, DECODE);
+#undef DECODE
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xt = x + t * xs;
+            const int8_t *xb = (const int8_t *)xt + 32 * b;
+            const vint8m1_t x0 = __riscv_vle8_v_i8m1(xb, vl), x1 = __riscv_vle8_v_i8m1(xb + 16, vl);
+            const float dx = xq8_d(xt, k)[b], sx = with_min ? xq8_s(xt, k)[b] : 0.0f;
+            // the minimum meets sum(x)
+#define ACC(i)                                                                            \
+    do {                                                                                  \
+        if (with_min) sum[i][t] += m[i] * sx;                                             \
+        sum[i][t] += d[i] * dx * (float)dot32(w0_##i, w1_##i, x0, x1, zero);              \
+    } while (0)
+            FOR_ROWS(R, ACC);
+#undef ACC
         }
-        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[t];
     }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[r][t];
 }
 
 // ---------------------------------------------------------------- K-quants
@@ -116,56 +157,108 @@ AI vint8m1_t kq_part(const int type, const uint8_t *b, int j, int h) {
     return __riscv_vsub_vx_i8m1(s8(v), 4, vl);
 }
 
-// R rows x T tokens; each super-block's scales and weights are unpacked once for
-// all T tokens.
+// R rows (1 or 4) x T tokens; each super-block's scales and weights are unpacked once
+// for all T tokens, and each token's values are loaded once for the R rows. Q4_K and
+// Q5_K scale by 32: both halves of a part go into one sum.
 AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8_t *w,
                 size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const size_t vl = 16;
     const int bs = lz_type_size(type);
     const int64_t nsb = k / QK_K;
-    for (int r = 0; r < R; r++) {
-        float sum[T];
-        for (int t = 0; t < T; t++) sum[t] = 0.0f;
-        for (int64_t sb = 0; sb < nsb; sb++) {
-            const uint8_t *blk = w + r * ws + sb * bs;
-            int sc[16], mn[16];
-            float d, dmin;
-            lz_kq_scales(type, blk, sc, mn, &d, &dmin);
-            int isum[T];
-            for (int t = 0; t < T; t++) isum[t] = 0;
-            for (int j = 0; j < 8; j++)
-                for (int h = 0; h < 2; h++) {
-                    const vint8m1_t part = kq_part(type, blk, j, h);
-                    for (int t = 0; t < T; t++) {
-                        const int8_t *xq = (const int8_t *)(x + t * xs) + sb * QK_K;
-                        isum[t] += sc[2 * j + h] * dot16(part, xq + 32 * j + 16 * h);
-                    }
-                }
+    const int pair = type == LZ_Q4_K || type == LZ_Q5_K;
+    const vint32m1_t zero = __riscv_vmv_v_x_i32m1(0, 1);
+    float sum[4][T];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) sum[r][t] = 0.0f;
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        int sc[4][16], mn[4][16];
+        float d[4], dmin[4];
+        for (int r = 0; r < R; r++) lz_kq_scales(type, w + r * ws + sb * bs, sc[r], mn[r], &d[r], &dmin[r]);
+        int isum[4][T];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) isum[r][t] = 0;
+        for (int j = 0; j < 8; j++) {
+            vint8m1_t p0_0, p0_1, p0_2, p0_3, p1_0, p1_1, p1_2, p1_3;
+#define DECODE(i)                                                                         \
+    do {                                                                                  \
+        p0_##i = kq_part(type, w + i * ws + sb * bs, j, 0);                               \
+        p1_##i = kq_part(type, w + i * ws + sb * bs, j, 1);                               \
+    } while (0)
+            FOR_ROWS(R, DECODE);
+#undef DECODE
             for (int t = 0; t < T; t++) {
-                const int16_t *bs16 = xq8k_bsums(x + t * xs, k) + sb * 16;
-                int msum = 0;
-                for (int g = 0; g < 16; g++) msum += mn[g] * bs16[g];
-                sum[t] += xq8k_d(x + t * xs, k)[sb] * (d * (float)isum[t] - dmin * (float)msum);
+                const int8_t *xq = (const int8_t *)(x + t * xs) + sb * QK_K + 32 * j;
+                const vint8m1_t x0 = __riscv_vle8_v_i8m1(xq, vl), x1 = __riscv_vle8_v_i8m1(xq + 16, vl);
+#define ACC(i)                                                                            \
+    do {                                                                                  \
+        if (pair)                                                                         \
+            isum[i][t] += sc[i][2 * j] * dot32(p0_##i, p1_##i, x0, x1, zero);             \
+        else                                                                              \
+            isum[i][t] += sc[i][2 * j] * dot16(p0_##i, x0, zero) +                        \
+                          sc[i][2 * j + 1] * dot16(p1_##i, x1, zero);                     \
+    } while (0)
+                FOR_ROWS(R, ACC);
+#undef ACC
             }
         }
-        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[t];
+        for (int t = 0; t < T; t++) {
+            const int16_t *bs16 = xq8k_bsums(x + t * xs, k) + sb * 16;
+            const float dx = xq8k_d(x + t * xs, k)[sb];
+            for (int r = 0; r < R; r++) {
+                int msum = 0;
+                for (int g = 0; g < 16; g++) msum += mn[r][g] * bs16[g];
+                sum[r][t] += dx * (d[r] * (float)isum[r][t] - dmin[r] * (float)msum);
+            }
+        }
     }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) y[t * ldy + r] = sum[r][t];
 }
 
 // ---------------------------------------------------------------- tiles
 
-// Tiles of 1 row x 4 tokens: a block is unpacked once per 4 tokens (measured under
-// qemu only, so no finer tuning).
+// An output block of nr rows x nt tokens: tiles of 4 rows x TT tokens, then the
+// leftover tokens (short prompts, a few sequences decoding together) in one narrower
+// column of 4-row tiles, and the last nr % 4 rows one at a time. A single token also
+// takes 4 rows at a time: its values are loaded once for the four rows.
+#define COLUMN(fn, type, TN)                                                              \
+    do {                                                                                  \
+        int r = 0;                                                                        \
+        for (; r + 4 <= nr; r += 4) fn(type, 4, TN, k, w + r * ws, ws, xt, xs, yt + r, ldy); \
+        for (; r < nr; r++) fn(type, 1, TN, k, w + r * ws, ws, xt, xs, yt + r, ldy);      \
+    } while (0)
+
+#define RVV_TILE(name, fn, type, TT)                                                      \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,   \
+                     size_t xs, int nt, float *y, size_t ldy) {                           \
+        int t = 0;                                                                        \
+        for (; t + TT <= nt; t += TT) {                                                   \
+            const uint8_t *xt = x + t * xs;                                               \
+            float *yt = y + t * ldy;                                                      \
+            COLUMN(fn, type, TT);                                                         \
+        }                                                                                 \
+        const uint8_t *xt = x + t * xs;                                                   \
+        float *yt = y + t * ldy;                                                          \
+        switch (nt - t) {                                                                 \
+        case 3: if (3 < TT) COLUMN(fn, type, 3); break;                                   \
+        case 2: if (2 < TT) COLUMN(fn, type, 2); break;                                   \
+        case 1: if (1 < TT) COLUMN(fn, type, 1); break;                                   \
+        default: break;                                                                   \
+        }                                                                                 \
+    }
+
+// 4 rows x 4 tokens (measured under qemu only, see BENCHMARKS.md).
 #define LEGACY_T 4
 #define KQ_T 4
-DEFINE_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, 1, LEGACY_T)
-DEFINE_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, 1, LEGACY_T)
-DEFINE_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, 1, LEGACY_T)
-DEFINE_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, 1, LEGACY_T)
-DEFINE_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, 1, LEGACY_T)
-DEFINE_TILE(tile_q2_k, kq_tile, LZ_Q2_K, 1, KQ_T)
-DEFINE_TILE(tile_q3_k, kq_tile, LZ_Q3_K, 1, KQ_T)
-DEFINE_TILE(tile_q4_k, kq_tile, LZ_Q4_K, 1, KQ_T)
-DEFINE_TILE(tile_q5_k, kq_tile, LZ_Q5_K, 1, KQ_T)
-DEFINE_TILE(tile_q6_k, kq_tile, LZ_Q6_K, 1, KQ_T)
+RVV_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, LEGACY_T)
+RVV_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, LEGACY_T)
+RVV_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, LEGACY_T)
+RVV_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, LEGACY_T)
+RVV_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, LEGACY_T)
+RVV_TILE(tile_q2_k, kq_tile, LZ_Q2_K, KQ_T)
+RVV_TILE(tile_q3_k, kq_tile, LZ_Q3_K, KQ_T)
+RVV_TILE(tile_q4_k, kq_tile, LZ_Q4_K, KQ_T)
+RVV_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_T)
+RVV_TILE(tile_q6_k, kq_tile, LZ_Q6_K, KQ_T)
 
 void lz_init_rvv(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }
