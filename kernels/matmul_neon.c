@@ -401,4 +401,6 @@ NEON_TILE(tile_q4_k, kq_tile4, kq_tile1, LZ_Q4_K, KQ_T)
 NEON_TILE(tile_q5_k, kq_tile4, kq_tile1, LZ_Q5_K, KQ_T)
 NEON_TILE(tile_q6_k, kq_tile4, kq_tile1, LZ_Q6_K, KQ_T)
 
-void lz_init_neon(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }
+// The 4-row tiles keep the rows' minimums on the stack (4 x k/32 floats): rows longer
+// than 2^20 take the portable kernels (threads.c gives 4 MiB stacks).
+void lz_init_neon(lz_kernels *k) { REGISTER_QUANT_TILES(k, 1 << 20); }
