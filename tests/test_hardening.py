@@ -386,9 +386,14 @@ def test_stdout_on_dev_full(spm_model):
 
 
 def _start_streaming(args, path_env=None):
-    """A CLI process streaming a long answer; returns it once output has begun."""
+    """A CLI process streaming a long answer; returns it once output has begun. It
+    starts with SIGINT at its default whatever this process inherited: run as a
+    background job of a script, pytest has SIGINT ignored, and a one-shot command
+    rightly keeps an inherited ignore (as nohup expects)."""
+    import signal
     proc = subprocess.Popen([sys.executable, "-u", "-m", "runtime"] + [str(a) for a in args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.read(1)
     assert first, proc.stderr.read().decode()
     return proc
