@@ -87,7 +87,7 @@ LZ_API int lz_quantize_act(int type, const float *x, float *out, int64_t k) {
     lz_k.quant[kind](x, buf, k);
     const int8_t *qs = (const int8_t *)buf;
     switch (kind) {
-    case XQ_Q8: {
+    case XQ_Q8: case XQ_Q81: {
         const float *d = xq8_d(buf, k);
         for (int64_t i = 0; i < k; i++) out[i] = qs[i] * d[i / 32];
         break;

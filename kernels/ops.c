@@ -2,7 +2,7 @@
 // gated activations, element-wise ops, embedding lookup, argmax.
 //
 // Numerics follow runtime/backend_numpy.py (the oracle, itself llama.cpp's CPU
-// numerics): norms accumulate in double, the KV cache and the attention's value
+// numerics): norms sum squares in double as ggml does, the KV cache and the attention's value
 // accumulator are f16, softmax is computed online over keys in order.
 #include <math.h>
 #include <stdlib.h>
@@ -73,16 +73,20 @@ static inline float lz_expf(float x) {
 
 // ---------------------------------------------------------------- element-wise
 
+// As ggml's rms_norm: squares in f32 summed in double, the mean and the scale in
+// f32, then x * scale * w. (Any other rounding here differs from llama.cpp by an ulp,
+// which 8-bit activation quantization and the f16 attention accumulator amplify.)
 void lz_rmsnorm(const float *x, float *y, int64_t count, const float *w, int64_t group, float eps) {
     if (group <= 0 || count < 0 || count % group) return;   // the caller checks; never stray
     for (int64_t c = 0; c < count; c += group) {
         double ss = 0.0;
-        for (int64_t i = 0; i < group; i++) ss += (double)x[c + i] * (double)x[c + i];
-        double inv = 1.0 / sqrt(ss / (double)group + (double)eps);
+        for (int64_t i = 0; i < group; i++) ss += (double)(x[c + i] * x[c + i]);
+        const float mean = (float)(ss / (double)group);
+        const float scale = 1.0f / sqrtf(mean + eps);
         if (w)
-            for (int64_t i = 0; i < group; i++) y[c + i] = (float)((double)x[c + i] * inv) * w[i];
+            for (int64_t i = 0; i < group; i++) y[c + i] = x[c + i] * scale * w[i];
         else
-            for (int64_t i = 0; i < group; i++) y[c + i] = (float)((double)x[c + i] * inv);
+            for (int64_t i = 0; i < group; i++) y[c + i] = x[c + i] * scale;
     }
 }
 

@@ -5,16 +5,6 @@
 // token for token with llama.cpp. All arithmetic here is plain float32.
 #include "quants.h"
 
-// roundf without libm (baseline x86-64 has no rounding instruction): ties away
-// from zero. Only used on |v| <= 127.5, where the int conversion is exact.
-static inline float round_away(float v) {
-    int i = (int)v; // truncates
-    float frac = v - (float)i;
-    if (frac >= 0.5f) i++;
-    else if (frac <= -0.5f) i--;
-    return (float)i;
-}
-
 // Round half to even for |v| < 2^22: adding 1.5*2^23 pushes the fraction bits out
 // and the FPU's default rounding (to nearest even) does the rest.
 static inline float round_even(float v) {
@@ -24,7 +14,10 @@ static inline float round_even(float v) {
 
 // ---------------------------------------------------------------- activations
 
-void lz_quant_q8(const float *x, void *out, int64_t k) {
+// llama.cpp's x86 and NEON quantizers: id = 127 / amax, rounding half to even
+// (their SIMD rounding), d stored as f16. Q8_1 rows (round_s) also keep
+// s = f16(d * sum(q)) with the unrounded d, which the Q4_1/Q5_1 minimum meets.
+static void quant_q8_rows(const float *x, void *out, int64_t k, int round_s) {
     int8_t *qs = (int8_t *)out;
     float *dd = (float *)(qs + lz_pad64(k));
     int64_t nb = k / QK, nbp = lz_pad64(k) / QK;
@@ -40,16 +33,16 @@ void lz_quant_q8(const float *x, void *out, int64_t k) {
                 amax = a > amax ? a : amax;
             }
             float d = amax / 127.0f;
-            float id = d != 0.0f ? 1.0f / d : 0.0f;
+            float id = amax != 0.0f ? 127.0f / amax : 0.0f;
             int sum = 0;
             for (int j = 0; j < QK; j++) {
-                float r = round_away(v[j] * id);
+                float r = round_even(v[j] * id);
                 r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
                 q[j] = (int8_t)r;
                 sum += q[j];
             }
             dq = lz_h2f(lz_f2h(d)); // the dot product sees the f16-rounded scale
-            s = dq * (float)sum;
+            s = round_s ? lz_h2f(lz_f2h(d * (float)sum)) : dq * (float)sum;
         } else {
             memset(q, 0, QK);
         }
@@ -57,6 +50,10 @@ void lz_quant_q8(const float *x, void *out, int64_t k) {
         ss[b] = s;
     }
 }
+
+void lz_quant_q8(const float *x, void *out, int64_t k) { quant_q8_rows(x, out, k, 0); }
+
+static void quant_q8_1(const float *x, void *out, int64_t k) { quant_q8_rows(x, out, k, 1); }
 
 void lz_quant_q8k(const float *x, void *out, int64_t k) {
     int8_t *qs = (int8_t *)out;
@@ -185,9 +182,9 @@ void lz_quants_register(lz_kernels *k) {
         {LZ_F16, XQ_F16, dequant_f16},
         {LZ_BF16, XQ_BF16, dequant_bf16},
         {LZ_Q4_0, XQ_Q8, dequant_q4_0},
-        {LZ_Q4_1, XQ_Q8, dequant_q4_1},
+        {LZ_Q4_1, XQ_Q81, dequant_q4_1},
         {LZ_Q5_0, XQ_Q8, dequant_q5_0},
-        {LZ_Q5_1, XQ_Q8, dequant_q5_1},
+        {LZ_Q5_1, XQ_Q81, dequant_q5_1},
         {LZ_Q8_0, XQ_Q8, dequant_q8_0},
         {LZ_Q2_K, XQ_Q8K, dequant_q2_k},
         {LZ_Q3_K, XQ_Q8K, dequant_q3_k},
@@ -204,6 +201,7 @@ void lz_quants_register(lz_kernels *k) {
     }
     k->quant[XQ_F32] = quant_f32;
     k->quant[XQ_Q8] = lz_quant_q8;
+    k->quant[XQ_Q81] = quant_q8_1;
     k->quant[XQ_Q8K] = lz_quant_q8k;
     k->quant[XQ_F16] = quant_f16;
     k->quant[XQ_BF16] = quant_bf16;

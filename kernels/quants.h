@@ -89,7 +89,9 @@ static inline int lz_type_size(int type) { return LZ_GEOMETRY[type].size; }
 // quantize_activations): we quantize each activation row once per matmul.
 //
 // XQ_Q8 (for Q4_0..Q8_0): blocks of 32 int8 with an f16-rounded scale d (= amax/127)
-// and s = d * sum(q) (what the Q4_1/Q5_1 minimum and the Q4_0/Q5_0 offset need).
+// and s = d * sum(q) (what the Q4_0/Q5_0 offset needs on AVX2).
+// XQ_Q81 (for Q4_1/Q5_1): the same layout, but s is rounded to f16 as llama.cpp's
+// block_q8_1 stores it: the minimum m meets f16(d * sum(q)), d unrounded.
 // A row of k values, k padded to kp = a multiple of 64 with zero blocks:
 //     int8  qs[kp]; float d[kp/32]; float s[kp/32]
 // The padding to pairs of blocks lets 512-bit kernels take two blocks per register.
@@ -100,7 +102,7 @@ static inline int lz_type_size(int type) { return LZ_GEOMETRY[type].size; }
 //
 // XQ_F32 / XQ_F16 / XQ_BF16: the row as f32, or rounded to f16 or bf16 like the
 // reference does for F16/BF16 weights (stored as that 16-bit type).
-enum { XQ_F32 = 0, XQ_Q8 = 1, XQ_Q8K = 2, XQ_F16 = 3, XQ_BF16 = 4 };
+enum { XQ_F32 = 0, XQ_Q8 = 1, XQ_Q8K = 2, XQ_F16 = 3, XQ_BF16 = 4, XQ_Q81 = 5 };
 
 static inline int64_t lz_pad64(int64_t k) { return (k + 63) & ~(int64_t)63; }
 
@@ -108,7 +110,7 @@ static inline int64_t lz_pad64(int64_t k) { return (k + 63) & ~(int64_t)63; }
 static inline size_t xq_row_bytes(int kind, int64_t k) {
     size_t n;
     switch (kind) {
-    case XQ_Q8: n = (size_t)lz_pad64(k) + (size_t)lz_pad64(k) / 32 * 8; break;
+    case XQ_Q8: case XQ_Q81: n = (size_t)lz_pad64(k) + (size_t)lz_pad64(k) / 32 * 8; break;
     case XQ_Q8K: n = (size_t)k + (size_t)k / 256 * 4 + (size_t)k / 16 * 6; break;
     case XQ_F16: case XQ_BF16: n = (size_t)k * 2; break;
     default: n = (size_t)k * 4; break;
@@ -333,7 +335,7 @@ typedef struct {
 
 typedef struct {
     lz_type_ops types[LZ_NTYPES];
-    lz_quant_fn quant[5]; // by XQ kind
+    lz_quant_fn quant[6]; // by XQ kind
     const char *name;
 } lz_kernels;
 

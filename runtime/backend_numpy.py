@@ -52,6 +52,15 @@ def _deq_q5_1(b):
     return d * _q5_values(b[:, 4:8], b[:, 8:24]) + m
 
 
+def _legacy_dq(b, type_id):
+    """d * q of Q4_1/Q5_1 blocks, without the minimum."""
+    d = _f16(b, 0)
+    if type_id == T.Q4_1:
+        qs = b[:, 4:20]
+        return d * np.concatenate([qs & 0xF, qs >> 4], axis=1).astype(np.float32)
+    return d * _q5_values(b[:, 4:8], b[:, 8:24])
+
+
 def _deq_q8_0(b):
     d = _f16(b, 0)
     return d * b[:, 2:34].view(np.int8).astype(np.float32)
@@ -206,16 +215,29 @@ def _round_half_even(x):
     return np.rint(x)
 
 
+def _q8_blocks(x):
+    """Blocks of 32 as llama.cpp's SIMD quantizers make them (x86 and NEON): id =
+    127 / amax in f32, rounding half to even; returns (codes, unrounded d) per block."""
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    inv = np.divide(np.float32(127.0), amax, out=np.zeros_like(amax), where=amax > 0)
+    q = np.clip(_round_half_even((blocks * inv).astype(np.float32)), -127, 127)
+    return q.astype(np.float32), d
+
+
+def q8_1_sums(x):
+    """s of each Q8_1 block: f16(d * sum(q)) with the unrounded d, as block_q8_1
+    stores it. The Q4_1/Q5_1 minimum m of a weight block meets this, not sum(x)."""
+    q, d = _q8_blocks(x)
+    s = (d * q.sum(axis=1, keepdims=True)).astype(np.float32)
+    return s.astype(np.float16).astype(np.float32).reshape(np.asarray(x).shape[0], -1)
+
+
 def quantize_activations(x, weight_type):
     """The activations `x` [rows, k] as the weight type's dot product sees them."""
     if weight_type in _ACT_Q8_32:
-        blocks = x.reshape(-1, 32)
-        amax = np.abs(blocks).max(axis=1, keepdims=True)
-        d = amax / 127.0
-        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
-        q = np.clip(np.round(blocks * inv), -127, 127)     # roundf: ties away from zero
-        q = np.where(np.abs(blocks * inv - np.trunc(blocks * inv)) == 0.5,
-                     np.trunc(blocks * inv) + np.sign(blocks), q)
+        q, d = _q8_blocks(x)
         d16 = d.astype(np.float16).astype(np.float32)
         return (q * d16).astype(np.float32).reshape(x.shape)
     if weight_type in _ACT_Q8_K:
@@ -245,6 +267,17 @@ class Weight:
         self.type = type_id
         self.raw = raw
         self._values = None
+
+    def min_split(self):
+        """Q4_1/Q5_1: (d * q as float32 [rows, k], m per block [rows, k / 32]), cached."""
+        if getattr(self, "_split", None) is None:
+            _, block, size = T.TYPES[self.type]
+            blocks = np.frombuffer(self.raw, dtype=np.uint8)[:self.shape[0] * self.shape[1] //
+                                                            block * size].reshape(-1, size)
+            m = _f16(blocks, 2)
+            dq = _legacy_dq(blocks, self.type)
+            self._split = (dq.reshape(-1, self.shape[0]), m.reshape(self.shape[1], -1))
+        return self._split
 
     def values(self):
         """Dequantized float32, [shape[1], shape[0]] (cached: the oracle trades memory for speed)."""
@@ -315,15 +348,22 @@ class NumpyBackend(Backend):
 
     def rmsnorm(self, x, w, eps):
         k = w.shape[0] if w is not None else x.shape[1]
-        chunks = x.reshape(-1, k).astype(np.float64)
-        out = chunks / np.sqrt(np.mean(chunks * chunks, axis=1, keepdims=True) + eps)
-        out = out.astype(np.float32)
+        # as ggml: f32 squares summed in double, mean and scale in f32, x * scale * w
+        chunks = x.reshape(-1, k).astype(np.float32)
+        sums = (chunks * chunks).astype(np.float64).sum(axis=1, keepdims=True)
+        mean = (sums / k).astype(np.float32)
+        scale = (np.float32(1.0) / np.sqrt(mean + np.float32(eps))).astype(np.float32)
+        out = (chunks * scale).astype(np.float32)
         if w is not None:
             out *= w.values()
         return out.reshape(x.shape)
 
     def matmul(self, x, w):
-        xq = quantize_activations(np.ascontiguousarray(x, dtype=np.float32), w.type)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        xq = quantize_activations(x, w.type)
+        if w.type in (T.Q4_1, T.Q5_1):
+            dq, m = w.min_split()
+            return (xq @ dq.T + q8_1_sums(x) @ m.T).astype(np.float32)
         return (xq @ w.values().T).astype(np.float32)
 
     def add(self, x, y):

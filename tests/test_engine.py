@@ -78,14 +78,31 @@ def test_synthetic_spm_model_runs_and_tokenizes_like_sentencepiece(spm_model, tm
 # ------------------------------------------------------------------ SmolLM2 against llama.cpp
 
 GREEDY_PROMPT = "Once upon a time, in a small village,"
-GREEDY_LLAMA_CPP = (" there was a wise old wizard named Elwes. Elwes was a master of magic "
-                    "and had been watching")
+# llama-server's greedy continuation (-n 24, temperature 0, its default flash attention),
+# token by token, with the gap between its top two log-probabilities at each step
+# (n_probs 2). Where that gap is within rounding, llama.cpp does not agree with itself
+# either: with -fa off the same server continues "... and had a special" (the gap at
+# " been" is 0.087), and the two engines' log-probabilities differ by ~0.08 nats on
+# average (bench/bench_logprobs_vs_llama.py). So the text must agree up to the first
+# step whose gap is below 0.15 nats; after it, either choice is llama.cpp's own.
+GREEDY_LLAMA_CPP_STEPS = [
+    (" there", 1.5637), (" was", 0.4936), (" a", 3.0462), (" wise", 0.6152), (" old", 0.9977),
+    (" w", 0.2448), ("izard", 5.658), (" named", 2.7602), (" El", 0.3143), ("w", 0.9406),
+    ("es", 0.5283), (".", 2.7736), (" El", 2.4261), ("w", 9.8364), ("es", 10.0701),
+    (" was", 0.5413), (" a", 0.0758), (" master", 0.1772), (" of", 3.8133), (" magic", 0.9612),
+    (" and", 0.2679), (" had", 1.5645), (" been", 0.0872), (" watching", 0.1004)]
+GREEDY_LLAMA_CPP = "".join(piece for piece, _ in GREEDY_LLAMA_CPP_STEPS)
+ROUNDING_GAP = 0.15
 
 
 def test_smollm2_greedy_matches_llama_cpp():
     r = run_cli("-m", smollm2(), "-p", GREEDY_PROMPT, "-n", "24", "--temp", "0")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == GREEDY_LLAMA_CPP + "\n"
+    decided = next(i for i, (_, gap) in enumerate(GREEDY_LLAMA_CPP_STEPS) if gap < ROUNDING_GAP)
+    assert decided >= 16   # most of the text is decided by a clear margin
+    expected = "".join(piece for piece, _ in GREEDY_LLAMA_CPP_STEPS[:decided])
+    assert r.stdout.startswith(expected), (r.stdout, expected)
+    assert len(r.stdout.rstrip("\n")) > len(expected)   # and it went on after
 
 
 def test_smollm2_oracle_agrees_with_c_backend_along_llama_cpp_text():
@@ -132,12 +149,19 @@ def _perplexity(model, tmp_path):
     return float(m.group(1))
 
 
+# llama-perplexity -c 128 -b 128 on the same text. Its own figure moves with rounding
+# alone: Q8_0 27.8133 with -fa on and 27.8774 with -fa off (-t 2, default batch),
+# Q4_1 27.9554 with -b 128 and 28.0717 with the default batch (0.4%). Our rounding
+# follows llama.cpp's op by op where it can (bench/bench_kl_vs_llama.py: mean KL
+# 0.0041-0.0042 against it, llama.cpp -fa off against -fa on 0.0044), so the bound is
+# twice llama.cpp's own spread: a real error (a wrong mask, scale or norm) moves
+# perplexity by far more.
 @pytest.mark.skipif(not os.path.exists(GPL), reason="needs /usr/share/common-licenses/GPL-3")
 @pytest.mark.parametrize("which,llama_cpp_ppl", [("Q4_1", 27.9554), ("Q8_0", 27.8079)])
-def test_smollm2_perplexity_within_half_percent_of_llama_cpp(which, llama_cpp_ppl, tmp_path):
+def test_smollm2_perplexity_within_one_percent_of_llama_cpp(which, llama_cpp_ppl, tmp_path):
     model = smollm2() if which == "Q4_1" else smollm2_q8_0()
     ppl = _perplexity(model, tmp_path)
-    assert abs(ppl - llama_cpp_ppl) / llama_cpp_ppl < 0.005, ppl
+    assert abs(ppl - llama_cpp_ppl) / llama_cpp_ppl < 0.01, ppl
 
 
 # ------------------------------------------------------------------ bad input

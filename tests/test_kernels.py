@@ -34,7 +34,8 @@ sys.path.insert(0, ROOT)
 
 from runtime import ggml_types as T  # noqa: E402
 from runtime import kernels  # noqa: E402
-from runtime.backend_numpy import RopeParams, dequantize, quantize_activations, NumpyBackend  # noqa: E402
+from runtime.backend_numpy import (RopeParams, Weight, dequantize, q8_1_sums,  # noqa: E402
+                                   quantize_activations, NumpyBackend)
 from runtime.errors import UserError  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("kernels_build", os.path.join(ROOT, "kernels", "build.py"))
@@ -200,7 +201,12 @@ def build_script(seed=0):
             x = rng.standard_normal((n, k), dtype=np.float32)
             wd = dequantize(w.tobytes(), tid, rows * k).reshape(rows, k)
             xq = quantize_activations(x, tid)
-            ref = (xq.astype(np.float64) @ wd.T.astype(np.float64)).astype(np.float32)
+            if tid in (T.Q4_1, T.Q5_1):   # the minimum meets Q8_1's f16 s, not sum(xq)
+                dq, m = Weight(name, (k, rows), tid, w.tobytes()).min_split()
+                ref = (xq.astype(np.float64) @ dq.T.astype(np.float64)
+                       + q8_1_sums(x).astype(np.float64) @ m.T.astype(np.float64)).astype(np.float32)
+            else:
+                ref = (xq.astype(np.float64) @ wd.T.astype(np.float64)).astype(np.float32)
             bound = (np.abs(xq).astype(np.float64) @ np.abs(wd).T.astype(np.float64))
             s.cmd(("i", 2), ("i", tid), ("q", rows), ("q", k), ("q", n), ("raw", w.tobytes()),
                   ("raw", f32(x)))
