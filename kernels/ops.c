@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #include "ops.h"
 #include "quants.h"
@@ -205,42 +206,75 @@ void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim,
 }
 
 // ---------------------------------------------------------------- attention
-
+//
+// Two numerics, as llama.cpp's CPU flash attention has them over an f16 cache:
+//
+// * vec (decoding, and batches of fewer than TILE_Q rows): each query is rounded to
+//   f16, its scores are f32 dot products with the f16 keys, and the keys are visited
+//   in order with an online softmax whose value accumulator is f16 (rounded after
+//   every key: ggml's vec_scale_f16 when a new maximum shrinks it, then vec_mad_f16).
+//   A row with SPLIT_KEYS keys or more splits them into chunks of CHUNK_KEYS (from
+//   the first visible key), each accumulated alone and combined in f32, as ggml
+//   splits long single-token attention across threads (our chunks do not depend on
+//   the thread count, so neither do the results).
+// * tiled (a run of at least TILE_Q consecutive rows of one sequence: a prompt): f32
+//   queries and scores over tiles of TILE_KV keys, the softmax maximum and sum per
+//   tile, f32 value accumulation.
+//
+// exp is computed in double and rounded to f32, i.e. correctly rounded but for
+// rare ties, as libm's expf that ggml calls in the vec path.
+//
+// Work items: (row, kv head, query heads of that kv head, key chunk). The heads of
+// one kv head go together: each key and value row is loaded and converted once for
+// all of them. Keys stream in tiles of 16: the 16 scores of each head are reduced
+// together (a transpose instead of 16 horizontal sums), the softmax factors of the
+// tile are computed as vectors (running maximum by a prefix scan), and the value
+// accumulators of several heads stay in registers across the tile.
 
 #define LZ_MAX_HEAD_DIM 1024
+#define LZ_MAX_GROUP 8          // query heads per work item at most
+#define TILE_Q 64               // rows from which a prompt takes the tiled path
+#define TILE_KV 64              // keys per tile there
+#define SPLIT_KEYS 512          // a vec row with this many keys or more is split
+#define CHUNK_KEYS 256          // into chunks of this many
 
-// q . k for an f32 query (already f16-valued) and an f16 key.
+static inline float exp_f32(float x) { return (float)exp((double)x); }
+
+// q . k (f16-valued query, f16 key), summed as ggml_vec_dot_f16 sums with this ISA's
+// vectors: AVX-512 keeps 4 accumulators of 16 lanes over steps of 64, AVX2 4 of 8
+// over steps of 32; the rest of the row is added in double. Elsewhere plain order.
 static float dot_qk(const float *q, const lz_half *k, int n) {
     int d = 0;
-    float sum = 0.0f;
+    double sum = 0.0;
 #if defined(__AVX512F__)
-    if (n % 16 == 0) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (; d + 32 <= n; d += 32) {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
-                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16),
-                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d + 16))), a1);
-        }
-        if (d < n)
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
-                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d))), a0);
-        return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    for (; d + 64 <= n; d += 64)
+        for (int r = 0; r < 4; r++)
+            a[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16 * r),
+                                   _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + d + 16 * r))),
+                                   a[r]);
+    if (d) {
+        a[0] = _mm512_add_ps(a[0], a[2]);
+        a[1] = _mm512_add_ps(a[1], a[3]);
+        sum = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
     }
-#endif
-#if defined(__F16C__) && defined(__FMA__)
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (; d + 16 <= n; d += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d),
-                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8),
-                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8))), a1);
+#elif defined(__F16C__) && defined(__FMA__)
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    for (; d + 32 <= n; d += 32)
+        for (int r = 0; r < 4; r++)
+            a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8 * r),
+                                   _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8 * r))),
+                                   a[r]);
+    if (d) {
+        a[0] = _mm256_add_ps(a[0], a[2]);
+        a[1] = _mm256_add_ps(a[1], a[3]);
+        a[0] = _mm256_add_ps(a[0], a[1]);
+        __m128 t = _mm_add_ps(_mm256_castps256_ps128(a[0]), _mm256_extractf128_ps(a[0], 1));
+        t = _mm_hadd_ps(t, t);
+        sum = _mm_cvtss_f32(_mm_hadd_ps(t, t));
     }
-    __m256 a = _mm256_add_ps(a0, a1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    sum = _mm_cvtss_f32(h);
 #elif defined(__aarch64__)
     float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0);
     for (; d + 8 <= n; d += 8) {
@@ -250,63 +284,11 @@ static float dot_qk(const float *q, const lz_half *k, int n) {
     }
     sum = vaddvq_f32(vaddq_f32(a0, a1));
 #endif
-    for (; d < n; d++) sum += q[d] * lz_h2f(k[d]);
-    return sum;
+    for (; d < n; d++) sum += (double)(q[d] * lz_h2f(k[d]));
+    return (float)sum;
 }
 
-#if defined(__AVX512F__)
-// Scores of 16 keys at once: sc[j] = dot_qk(q, keys[j]) * scale, bit for bit. Each
-// key's products are summed lane-wise as dot_qk does (two accumulators, added);
-// then the 16 horizontal sums run together, as a transpose: each step adds the
-// same lane pairs _mm512_reduce_add_ps adds (i + 8, i + 4, i + 2, i + 1), for two,
-// four, eight keys per instruction instead of one key's chain at a time.
-static void scores16(const float *q, const lz_half *k, int64_t stride, int n, float scale,
-                     float *sc) {
-    __m512 v[16];
-    for (int j = 0; j < 16; j++) {
-        const lz_half *kj = k + j * stride;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        int d = 0;
-        for (; d + 32 <= n; d += 32) {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
-                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d))), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16),
-                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d + 16))), a1);
-        }
-        if (d < n)
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
-                                 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d))), a0);
-        v[j] = _mm512_add_ps(a0, a1);
-    }
-    // lanes i + (i + 8): key pairs (j, j + 8) -> [j's 8 | j+8's 8]
-    __m512 l1[8];
-    for (int j = 0; j < 8; j++)
-        l1[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(1, 0, 1, 0)),
-                              _mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(3, 2, 3, 2)));
-    // + 4: [j | j+8 | j+4 | j+12], 4 lanes each
-    __m512 l2[4];
-    for (int j = 0; j < 4; j++)
-        l2[j] = _mm512_add_ps(_mm512_shuffle_f32x4(l1[j], l1[j + 4], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_shuffle_f32x4(l1[j], l1[j + 4], _MM_SHUFFLE(3, 1, 3, 1)));
-    // + 2 within each 128-bit lane: [j j+2 | j+8 j+10 | j+4 j+6 | j+12 j+14], 2 each
-    __m512 l3[2];
-    for (int j = 0; j < 2; j++) {
-        __m512d a = _mm512_castps_pd(l2[j]), b = _mm512_castps_pd(l2[j + 2]);
-        l3[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                              _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    // + 1: lane i of 128-bit lane L holds one key's sum
-    __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                _mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    // lanes now hold keys 0 2 1 3 | 8 10 9 11 | 4 6 5 7 | 12 14 13 15: put them in order
-    const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
-    sums = _mm512_permutexvar_ps(order, sums);
-    _mm512_storeu_ps(sc, _mm512_mul_ps(sums, _mm512_set1_ps(scale)));
-}
-#endif
-
-// acc = f16(f16(acc * ms) + v * vs), the reference's two roundings (the first only
-// when a new maximum shrinks what was accumulated, ms != 1).
+// acc = f16(acc * ms) when a new maximum shrinks it, then acc = f16(acc + v * vs).
 static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, int shrink) {
     int d = 0;
 #if defined(__AVX512F__)
@@ -316,18 +298,18 @@ static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, 
         if (shrink)
             a = _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_mul_ps(a, m16), _MM_FROUND_TO_NEAREST_INT));
         __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + d)));
-        a = _mm512_add_ps(a, _mm512_mul_ps(vv, w16));
+        a = _mm512_fmadd_ps(vv, w16, a);
         _mm512_storeu_ps(acc + d, _mm512_cvtph_ps(_mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
     }
 #endif
-#if defined(__F16C__)
+#if defined(__F16C__) && defined(__FMA__)
     const __m256 m8 = _mm256_set1_ps(ms), w8 = _mm256_set1_ps(vs);
     for (; d + 8 <= n; d += 8) {
         __m256 a = _mm256_loadu_ps(acc + d);
         if (shrink)
             a = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(a, m8), _MM_FROUND_TO_NEAREST_INT));
         __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d)));
-        a = _mm256_add_ps(a, _mm256_mul_ps(vv, w8));
+        a = _mm256_fmadd_ps(vv, w8, a);
         _mm256_storeu_ps(acc + d, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
     }
 #elif defined(__aarch64__)
@@ -336,7 +318,7 @@ static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, 
         float32x4_t a = vld1q_f32(acc + d);
         if (shrink) a = vcvt_f32_f16(vcvt_f16_f32(vmulq_f32(a, m4)));
         float32x4_t vv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(v + d)));
-        a = vaddq_f32(a, vmulq_f32(vv, w4));
+        a = vfmaq_f32(a, vv, w4);
         vst1q_f32(acc + d, vcvt_f32_f16(vcvt_f16_f32(a)));
     }
 #endif
@@ -347,229 +329,624 @@ static void acc_update(float *acc, const lz_half *v, float ms, float vs, int n, 
     }
 }
 
+// One head's online softmax state in the vec path.
 typedef struct {
-    const float *q;
-    int64_t ldq;
-    const lz_half *kc, *vc;   // this layer's cache, [n_ctx][kv_dim]
-    // or, for rows of different sequences (batched decoding): row i's cache and position
-    lz_half *const *kcs, *const *vcs;
-    const int64_t *positions;
-    int64_t kv_dim;
-    int64_t n_tokens, pos0;
-    int n_heads, n_kv_heads, head_dim;
-    int heads_per_task;       // query heads of one kv head taken together
-    float scale;
-    int64_t window;
-    float *out;
-    int64_t ldo;
-    float *scratch;           // per thread: 3 floats per visible key per head of a task
-    int64_t scratch_per_thread;
-    atomic_llong next;
-} attn_job;
+    float m, s;        // running maximum and sum of weights
+} soft_state;
 
-#define LZ_MAX_GROUP 8        // heads per task at most
+// The factors of one key with score x: a new maximum shrinks what was accumulated by
+// ms = exp(m_old - x) and enters with vs = 1; any other key enters with exp(x - m).
+static inline void key_factors(soft_state *st, float x, float *ms, float *vs, int *shrink) {
+    if (x > st->m) {
+        *ms = exp_f32(st->m - x);
+        *vs = 1.0f;
+        *shrink = 1;
+        st->m = x;
+    } else {
+        *ms = 1.0f;
+        *vs = exp_f32(x - st->m);
+        *shrink = 0;
+    }
+    st->s = st->s * *ms + *vs;
+}
 
 #if defined(__AVX512F__)
 static inline __m512 round16(__m512 x) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// The value pass for G heads sharing a kv head, head_dim = 16 * NV, with the
-// accumulators in registers: each key's value row is converted once for all G heads,
-// and the G heads' rounding chains interleave (one alone is latency-bound).
-static inline __attribute__((always_inline)) void value_pass_regs(
-    const int NV, const int G, const lz_half *vc, int64_t kv_dim, int64_t lo, int64_t hi,
-    float *const *ms, float *const *vs, float *const *acc_out) {
-    __m512 A[G][NV];
-    for (int g = 0; g < G; g++)
-        for (int d = 0; d < NV; d++) A[g][d] = _mm512_setzero_ps();
-    for (int64_t t = lo; t <= hi; t++) {
-        const lz_half *v = vc + t * kv_dim;
-        for (int g = 0; g < G; g++) {
-            const float m = ms[g][t - lo];
-            if (m != 1.0f) {   // a new maximum: shrink what was accumulated
-                const __m512 m16 = _mm512_set1_ps(m);
-                for (int d = 0; d < NV; d++) A[g][d] = round16(_mm512_mul_ps(A[g][d], m16));
-            }
-            const __m512 w16 = _mm512_set1_ps(vs[g][t - lo]);
-            for (int d = 0; d < NV; d++) {
-                __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + 16 * d)));
-                A[g][d] = round16(_mm512_add_ps(A[g][d], _mm512_mul_ps(vv, w16)));
-            }
-        }
+// The 16 horizontal sums of v[0..15], in key order, each summed as
+// _mm512_reduce_add_ps sums one vector (lane i + (i + 8), + 4, + 2, + 1): a transpose,
+// two to eight keys per instruction instead of one key's chain at a time.
+static inline __m512 reduce16(const __m512 *v) {
+    __m512 l1[8];
+    for (int j = 0; j < 8; j++)   // key pairs (j, j + 8) -> [j's 8 | j+8's 8]
+        l1[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 l2[4];                 // [j | j+8 | j+4 | j+12], 4 lanes each
+    for (int j = 0; j < 4; j++)
+        l2[j] = _mm512_add_ps(_mm512_shuffle_f32x4(l1[j], l1[j + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(l1[j], l1[j + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 l3[2];                 // + 2 within each 128-bit lane
+    for (int j = 0; j < 2; j++) {
+        __m512d a = _mm512_castps_pd(l2[j]), b = _mm512_castps_pd(l2[j + 2]);
+        l3[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                              _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
     }
-    for (int g = 0; g < G; g++)
-        for (int d = 0; d < NV; d++) _mm512_storeu_ps(acc_out[g] + 16 * d, A[g][d]);
+    __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    // lanes hold keys 0 2 1 3 | 8 10 9 11 | 4 6 5 7 | 12 14 13 15: put them in order
+    const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+    return _mm512_permutexvar_ps(order, sums);
 }
 
-// Whether a register pass exists for this head size (it then ran, on the G heads in
-// runs of as many as the registers hold).
-static int value_pass_fast(int hd, int G, const lz_half *vc, int64_t kv_dim, int64_t lo,
-                           int64_t hi, float *const *ms, float *const *vs, float *const *acc) {
+// exp of 16 floats, in double, rounded to f32: x = n ln2 + r, |r| <= ln2/2, exp(r) by
+// its Taylor series to r^11 (relative error < 2e-15), 2^n in the exponent bits.
+static inline __m256 exp8_pd(__m512d x) {
+    x = _mm512_max_pd(x, _mm512_set1_pd(-745.0));
+    x = _mm512_min_pd(x, _mm512_set1_pd(709.0));
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(0.6931471805599453094), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(2.319046813846299558e-17), r);
+    static const double c[12] = {1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880, 1.0 / 40320,
+                                 1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5,
+                                 1.0, 1.0};
+    __m512d p = _mm512_set1_pd(c[0]);
+    for (int i = 1; i < 12; i++) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(c[i]));
+    // 2^n in two factors so that n down to -1075 and up to 1023 stay representable
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0);   // 1.5 * 2^52
+    __m512i ni = _mm512_sub_epi64(_mm512_castpd_si512(_mm512_add_pd(n, magic)),
+                                  _mm512_castpd_si512(magic));
+    __m512i h = _mm512_srai_epi64(ni, 1);
+    __m512d s1 = _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(h, _mm512_set1_epi64(1023)), 52));
+    __m512d s2 = _mm512_castsi512_pd(
+        _mm512_slli_epi64(_mm512_add_epi64(_mm512_sub_epi64(ni, h), _mm512_set1_epi64(1023)), 52));
+    return _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(p, s1), s2));
+}
+
+static inline __m512 exp16(__m512 x) {
+    __m256 lo = exp8_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+    __m256 hi = exp8_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1))));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                                               _mm256_castps_pd(hi), 1));
+}
+#endif
+
+typedef struct {
+    const float *q;
+    int64_t ldq;
+    lz_half *const *kcs, *const *vcs;   // row i's cache (this layer) and position
+    const int64_t *positions;
+    int64_t kv_dim, n_rows;
+    int n_heads, n_kv_heads, head_dim;
+    int heads_per_task;
+    int64_t max_chunks;                 // key chunks per row at most
+    float scale;
+    int64_t window;
+    float *out;
+    int64_t ldo;
+    float *partials;                    // [row][head][chunk][2 + head_dim]: m, s, acc
+    atomic_llong next;
+} attn_job;
+
+static inline int64_t first_key(const attn_job *j, int64_t qpos) {
+    return j->window > 0 && qpos - j->window + 1 > 0 ? qpos - j->window + 1 : 0;
+}
+
+static inline int64_t chunks_of(int64_t n_keys) {
+    return n_keys >= SPLIT_KEYS ? (n_keys + CHUNK_KEYS - 1) / CHUNK_KEYS : 1;
+}
+
+// Keys [c0, c1) for G heads (their f16 queries q16, accumulators acc, states st), in
+// order, portably: one key at a time.
+static void vec_keys_plain(const attn_job *j, const float *q16, const lz_half *kc,
+                           const lz_half *vc, int64_t c0, int64_t c1, int G, float *acc,
+                           soft_state *st) {
+    const int hd = j->head_dim;
+    for (int64_t t = c0; t < c1; t++)
+        for (int g = 0; g < G; g++) {
+            float x = dot_qk(q16 + g * hd, kc + t * j->kv_dim, hd) * j->scale;
+            float ms, vs;
+            int shrink;
+            key_factors(&st[g], x, &ms, &vs, &shrink);
+            acc_update(acc + g * hd, vc + t * j->kv_dim, ms, vs, hd, shrink);
+        }
+}
+
+#if defined(__AVX512F__)
+// The value pass of one tile for GB heads (head_dim = 16 NV), accumulators in
+// registers: each value row is converted once for the GB heads, whose rounding chains
+// interleave.
+static inline __attribute__((always_inline)) void tile_values(
+    const int NV, const int GB, const lz_half *vc, int64_t kv_dim, int nk, float *acc, int hd,
+    const float (*ms)[16], const float (*vs)[16], const uint32_t *shrink) {
+    __m512 A[GB][NV];
+    for (int g = 0; g < GB; g++)
+        for (int d = 0; d < NV; d++) A[g][d] = _mm512_loadu_ps(acc + g * hd + 16 * d);
+    for (int t = 0; t < nk; t++) {
+        __m512 V[NV];
+        for (int d = 0; d < NV; d++)
+            V[d] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vc + t * kv_dim + 16 * d)));
+        for (int g = 0; g < GB; g++) {
+            if (shrink[g] >> t & 1) {
+                const __m512 m = _mm512_set1_ps(ms[g][t]);
+                for (int d = 0; d < NV; d++) A[g][d] = round16(_mm512_mul_ps(A[g][d], m));
+            }
+            const __m512 w = _mm512_set1_ps(vs[g][t]);
+            for (int d = 0; d < NV; d++) A[g][d] = round16(_mm512_fmadd_ps(V[d], w, A[g][d]));
+        }
+    }
+    for (int g = 0; g < GB; g++)
+        for (int d = 0; d < NV; d++) _mm512_storeu_ps(acc + g * hd + 16 * d, A[g][d]);
+}
+
+// Whether a register value pass exists for this head size (then it ran).
+static int tile_values_fast(int hd, int G, const lz_half *vc, int64_t kv_dim, int nk, float *acc,
+                            const float (*ms)[16], const float (*vs)[16], const uint32_t *shrink) {
     const int most = hd == 64 ? 4 : hd == 128 ? 2 : hd == 256 ? 1 : 0;
     if (!most) return 0;
     for (int g = 0; g < G; g += most) {
         const int n = G - g < most ? G - g : most;
-#define VP(NV, GG) if (hd == 16 * NV && n == GG) value_pass_regs(NV, GG, vc, kv_dim, lo, hi, ms + g, vs + g, acc + g);
-        VP(4, 1) VP(4, 2) VP(4, 3) VP(4, 4) VP(8, 1) VP(8, 2) VP(16, 1)
-#undef VP
+        float *a = acc + g * hd;
+#define TV(NV, GB) if (hd == 16 * NV && n == GB) tile_values(NV, GB, vc, kv_dim, nk, a, hd, ms + g, vs + g, shrink + g);
+        TV(4, 1) TV(4, 2) TV(4, 3) TV(4, 4) TV(8, 1) TV(8, 2) TV(16, 1)
+#undef TV
     }
     return 1;
 }
-#endif
 
-// The softmax factors of each key, computed before the value pass: with m the
-// running maximum, a key that raises it shrinks the accumulator by
-// ms = exp(m_old - m_new) and enters with vs = 1; any other key leaves it (ms = 1)
-// and enters with vs = exp(x - m). exp(0) is exactly 1, so both cases are one
-// formula and the exps vectorize. Returns the sum of the weights, accumulated in
-// key order as s = s * ms + vs.
-static float softmax_factors(const float *sc, float *ms, float *vs, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        float x = sc[t], m_new = x > m ? x : m;
-        ms[t] = m - m_new;
-        vs[t] = x - m_new;
-        m = m_new;
+// The partial sums of 16 keys' scores for G heads, head_dim = 16 NV (a multiple of
+// 64): each key row converted once, in registers, for all the heads.
+static inline __attribute__((always_inline)) void tile_partials(
+    const int NV, const attn_job *j, const float *q16, const lz_half *kc, int64_t t0, int nk,
+    int G, __m512 (*part)[16]) {
+    const int hd = 16 * NV;
+    for (int t = 0; t < 16; t++) {
+        const lz_half *k = kc + (t0 + (t < nk ? t : 0)) * j->kv_dim;
+        __m512 K[NV];
+        for (int d = 0; d < NV; d++)
+            K[d] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + 16 * d)));
+        for (int g = 0; g < G; g++) {
+            const float *q = q16 + g * hd;
+            __m512 a[4];
+            for (int r = 0; r < 4; r++) a[r] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * r), K[r]);
+            for (int d = 4; d < NV; d++)
+                a[d % 4] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * d), K[d], a[d % 4]);
+            part[g][t] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        }
     }
-    for (int64_t t = 0; t < n; t++) {
-        ms[t] = lz_expf(ms[t]);
-        vs[t] = lz_expf(vs[t]);
-    }
-    float s = 0.0f;
-    for (int64_t t = 0; t < n; t++) s = s * ms[t] + vs[t];
-    return s;
 }
 
-static void attn_worker(void *p, int ith, int nth) {
-    (void)nth;
+// Keys [c0, c1) for G heads, 16 at a time (head_dim a multiple of 16).
+static void vec_keys_avx512(const attn_job *j, const float *q16, const lz_half *kc,
+                            const lz_half *vc, int64_t c0, int64_t c1, int G, float *acc,
+                            soft_state *st) {
+    const int hd = j->head_dim, steps = hd / 64;
+    const int64_t ld = j->kv_dim;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), scale = _mm512_set1_ps(j->scale);
+    for (int64_t t0 = c0; t0 < c1; t0 += 16) {
+        const int nk = c1 - t0 < 16 ? (int)(c1 - t0) : 16;
+        // the next tile's key and value rows (a long cache streams from memory; its
+        // rows are kv_dim apart, a stride the hardware prefetcher follows late)
+        for (int64_t t = t0 + 16; t < t0 + 32 && t < c1; t++)
+            for (int d = 0; d < hd; d += 32) {
+                _mm_prefetch((const char *)(kc + t * ld + d), _MM_HINT_T0);
+                _mm_prefetch((const char *)(vc + t * ld + d), _MM_HINT_T0);
+            }
+        // scores: per key and head the lanes of ggml's 4 accumulators, then 16 keys'
+        // horizontal sums together; what a step of 64 leaves is added in double
+        __m512 part[LZ_MAX_GROUP][16];
+        float tail[LZ_MAX_GROUP][16];
+        if (hd == 64) tile_partials(4, j, q16, kc, t0, nk, G, part);
+        else if (hd == 128) tile_partials(8, j, q16, kc, t0, nk, G, part);
+        else if (hd == 256) tile_partials(16, j, q16, kc, t0, nk, G, part);
+        else
+            for (int t = 0; t < 16; t++) {
+                const lz_half *k = kc + (t0 + (t < nk ? t : 0)) * ld;
+                for (int g = 0; g < G; g++) {
+                    const float *q = q16 + g * hd;
+                    __m512 a[4];
+                    for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
+                    for (int s = 0; s < steps; s++)
+                        for (int r = 0; r < 4; r++)
+                            a[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 64 * s + 16 * r),
+                                                   _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                       (const __m256i *)(k + 64 * s + 16 * r))),
+                                                   a[r]);
+                    part[g][t] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                    if (hd % 64) {
+                        double rest = 0.0;   // ggml adds this to the vector part, in double
+                        for (int d = 64 * steps; d < hd; d++) rest += (double)(q[d] * lz_h2f(k[d]));
+                        tail[g][t] = (float)rest;
+                    }
+                }
+            }
+        float ms[LZ_MAX_GROUP][16], vs[LZ_MAX_GROUP][16];
+        uint32_t shrink[LZ_MAX_GROUP];
+        const __mmask16 valid = (__mmask16)((1u << nk) - 1);
+        for (int g = 0; g < G; g++) {
+            __m512 x = reduce16(part[g]);
+            if (hd % 64) {
+                // sum = (double)vector part + tail, then f32
+                float xs[16];
+                _mm512_storeu_ps(xs, x);
+                for (int t = 0; t < 16; t++) {
+                    double v = steps ? (double)xs[t] : 0.0;
+                    xs[t] = (float)(v + (double)tail[g][t]);
+                }
+                x = _mm512_loadu_ps(xs);
+            }
+            x = _mm512_mask_blend_ps(valid, ninf, _mm512_mul_ps(x, scale));
+            // running maximum after each key: a prefix scan, then the state's maximum
+            __m512 m = x;
+            m = _mm512_max_ps(m, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(m), _mm512_castps_si512(ninf), 15)));
+            m = _mm512_max_ps(m, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(m), _mm512_castps_si512(ninf), 14)));
+            m = _mm512_max_ps(m, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(m), _mm512_castps_si512(ninf), 12)));
+            m = _mm512_max_ps(m, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(m), _mm512_castps_si512(ninf), 8)));
+            const __m512 mold = _mm512_set1_ps(st[g].m);
+            m = _mm512_max_ps(m, mold);
+            const __m512 mprev = _mm512_castsi512_ps(
+                _mm512_alignr_epi32(_mm512_castps_si512(m), _mm512_castps_si512(mold), 15));
+            const __mmask16 up = _mm512_mask_cmp_ps_mask(valid, x, mprev, _CMP_GT_OQ);
+            // a new maximum: exp(m_old - x); otherwise exp(x - m)
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_mask_blend_ps(up, x, mprev), m));
+            const __m512 one = _mm512_set1_ps(1.0f);
+            _mm512_storeu_ps(ms[g], _mm512_mask_blend_ps(up, one, e));
+            _mm512_storeu_ps(vs[g], _mm512_mask_blend_ps(up, e, one));
+            shrink[g] = up;
+            float mm[16];
+            _mm512_storeu_ps(mm, m);
+            st[g].m = mm[nk - 1];
+        }
+        // the sums, in key order per head; the heads' chains interleave
+        for (int t = 0; t < nk; t++)
+            for (int g = 0; g < G; g++) st[g].s = st[g].s * ms[g][t] + vs[g][t];
+        const lz_half *vt = vc + t0 * ld;
+        if (!tile_values_fast(hd, G, vt, ld, nk, acc, (const float (*)[16])ms,
+                              (const float (*)[16])vs, shrink))
+            for (int t = 0; t < nk; t++)
+                for (int g = 0; g < G; g++)
+                    acc_update(acc + g * hd, vt + t * ld, ms[g][t], vs[g][t], hd, shrink[g] >> t & 1);
+    }
+}
+#endif
+
+// One vec work item: heads h0..h0+G-1 (of kv head kvh) of row i over key chunk c.
+static void vec_item(attn_job *j, int64_t i, int kvh, int h0, int G, int64_t c) {
+    const int hd = j->head_dim;
+    const int64_t qpos = j->positions[i], lo = first_key(j, qpos), n = qpos - lo + 1;
+    const int64_t nch = chunks_of(n);
+    if (c >= nch) return;
+    const int64_t c0 = nch == 1 ? lo : lo + c * CHUNK_KEYS;
+    const int64_t c1 = nch == 1 ? qpos + 1 : (c0 + CHUNK_KEYS < qpos + 1 ? c0 + CHUNK_KEYS : qpos + 1);
+    const int64_t off = (int64_t)kvh * hd;
+    const lz_half *kc = j->kcs[i] + off, *vc = j->vcs[i] + off;
+    float *qbuf = malloc(sizeof(float) * (size_t)(2 * G * hd));
+    if (!qbuf) return;   // run_attention checked a first allocation; see there
+    float *acc = qbuf + G * hd;
+    soft_state st[LZ_MAX_GROUP];
+    for (int g = 0; g < G; g++) {
+        memcpy(qbuf + g * hd, j->q + i * j->ldq + (int64_t)(h0 + g) * hd, sizeof(float) * hd);
+        round16_row(qbuf + g * hd, hd);   // queries meet the f16 keys as f16 themselves
+        st[g].m = -INFINITY;
+        st[g].s = 0.0f;
+    }
+    memset(acc, 0, sizeof(float) * (size_t)(G * hd));
+#if defined(__AVX512F__)
+    if (hd % 16 == 0) vec_keys_avx512(j, qbuf, kc, vc, c0, c1, G, acc, st);
+    else
+#endif
+        vec_keys_plain(j, qbuf, kc, vc, c0, c1, G, acc, st);
+    for (int g = 0; g < G; g++) {
+        const int h = h0 + g;
+        if (nch == 1) {
+            float *o = j->out + i * j->ldo + (int64_t)h * hd;
+            const float inv = st[g].s == 0.0f ? 0.0f : 1.0f / st[g].s;
+            for (int d = 0; d < hd; d++) o[d] = acc[g * hd + d] * inv;
+        } else {
+            float *p = j->partials + ((i * j->n_heads + h) * j->max_chunks + c) * (2 + hd);
+            p[0] = st[g].m;
+            p[1] = st[g].s;
+            memcpy(p + 2, acc + g * hd, sizeof(float) * hd);
+        }
+    }
+    free(qbuf);
+}
+
+// The chunks of a split row combined in order, in f32, as ggml reduces its partials.
+static void combine_chunks(attn_job *j, int64_t i, int h) {
+    const int hd = j->head_dim;
+    const int64_t qpos = j->positions[i], nch = chunks_of(qpos - first_key(j, qpos) + 1);
+    float *o = j->out + i * j->ldo + (int64_t)h * hd;
+    float m = -INFINITY, s = 0.0f;
+    for (int d = 0; d < hd; d++) o[d] = 0.0f;
+    for (int64_t c = 0; c < nch; c++) {
+        const float *p = j->partials + ((i * j->n_heads + h) * j->max_chunks + c) * (2 + hd);
+        if (p[1] == 0.0f) continue;
+        const float m_new = m > p[0] ? m : p[0];
+        const float so = exp_f32(m - m_new), sn = exp_f32(p[0] - m_new);
+        for (int d = 0; d < hd; d++) o[d] = o[d] * so + p[2 + d] * sn;
+        s = s * so + p[1] * sn;
+        m = m_new;
+    }
+    const float inv = s == 0.0f ? 0.0f : 1.0f / s;
+    for (int d = 0; d < hd; d++) o[d] *= inv;
+}
+
+static void vec_worker(void *p, int ith, int nth) {
+    (void)ith; (void)nth;
     attn_job *j = (attn_job *)p;
-    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, hpt = j->heads_per_task;
-    const int chunks = (group + hpt - 1) / hpt;   // tasks per (row, kv head)
-    float q[LZ_MAX_HEAD_DIM];
-    float *scratch = j->scratch + ith * j->scratch_per_thread;
-    const int64_t total = j->n_tokens * j->n_kv_heads * chunks;
+    const int group = j->n_heads / j->n_kv_heads, hpt = j->heads_per_task;
+    const int subs = (group + hpt - 1) / hpt;
+    const int64_t per_row = (int64_t)j->n_kv_heads * subs * j->max_chunks;
+    const int64_t total = j->n_rows * per_row;
     for (;;) {
         int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (task >= total) break;
-        int64_t i = task / (j->n_kv_heads * chunks);
-        int rest = (int)(task % (j->n_kv_heads * chunks));
-        int kvh = rest / chunks, h0 = kvh * group + (rest % chunks) * hpt;
-        int G = group - (rest % chunks) * hpt < hpt ? group - (rest % chunks) * hpt : hpt;
-        int64_t off = (int64_t)kvh * hd;
-        int64_t qpos = j->positions ? j->positions[i] : j->pos0 + i;
-        const lz_half *kc = (j->kcs ? j->kcs[i] : j->kc) + off;
-        const lz_half *vc = (j->vcs ? j->vcs[i] : j->vc) + off;
-        int64_t lo = j->window > 0 && qpos - j->window + 1 > 0 ? qpos - j->window + 1 : 0;
-        int64_t n = qpos - lo + 1;
-        float *ms[LZ_MAX_GROUP], *vs[LZ_MAX_GROUP], *acc[LZ_MAX_GROUP], sum[LZ_MAX_GROUP];
-        for (int g = 0; g < G; g++) {
-            float *sc = scratch + (int64_t)g * 3 * n;
-            ms[g] = sc + n;
-            vs[g] = sc + 2 * n;
-            acc[g] = j->out + i * j->ldo + (int64_t)(h0 + g) * hd;   // accumulate in place
-            // queries meet the f16 keys as f16 themselves
-            for (int d = 0; d < hd; d++) q[d] = j->q[i * j->ldq + (int64_t)(h0 + g) * hd + d];
-            round16_row(q, hd);
-            int64_t t = lo;
-#if defined(__AVX512F__)
-            if (hd % 16 == 0)
-                for (; t + 16 <= qpos + 1; t += 16)
-                    scores16(q, kc + t * j->kv_dim, j->kv_dim, hd, j->scale, sc + (t - lo));
-#endif
-            for (; t <= qpos; t++)
-                sc[t - lo] = dot_qk(q, kc + t * j->kv_dim, hd) * j->scale;
-            sum[g] = softmax_factors(sc, ms[g], vs[g], n);
-        }
-        int done = 0;
-#if defined(__AVX512F__)
-        done = value_pass_fast(hd, G, vc, j->kv_dim, lo, qpos, ms, vs, acc);
-#endif
-        if (!done)
-            for (int g = 0; g < G; g++) {
-                for (int d = 0; d < hd; d++) acc[g][d] = 0.0f;
-                for (int64_t t = lo; t <= qpos; t++) {
-                    float m = ms[g][t - lo];
-                    acc_update(acc[g], vc + t * j->kv_dim, m, vs[g][t - lo], hd, m != 1.0f);
-                }
-            }
-        for (int g = 0; g < G; g++)
-            for (int d = 0; d < hd; d++) acc[g][d] /= sum[g];
+        const int64_t i = task / per_row;
+        int64_t rest = task % per_row;
+        const int64_t c = rest % j->max_chunks;
+        rest /= j->max_chunks;
+        const int kvh = (int)(rest / subs), sub = (int)(rest % subs);
+        const int h0 = kvh * group + sub * hpt;
+        const int G = group - sub * hpt < hpt ? group - sub * hpt : hpt;
+        vec_item(j, i, kvh, h0, G, c);
     }
 }
 
-static int run_attention(attn_job *j, int64_t max_pos) {
-    int nth = lz_pool_threads();
-    // Heads of one kv head go together (they read the same keys and values), unless
-    // that leaves too few tasks to keep every thread busy.
-    const int group = j->n_heads / j->n_kv_heads;
+static void combine_worker(void *p, int ith, int nth) {
+    (void)ith; (void)nth;
+    attn_job *j = (attn_job *)p;
+    const int64_t total = j->n_rows * j->n_heads;
+    for (;;) {
+        int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (task >= total) break;
+        const int64_t i = task / j->n_heads;
+        const int64_t qpos = j->positions[i];
+        if (chunks_of(qpos - first_key(j, qpos) + 1) > 1) combine_chunks(j, i, (int)(task % j->n_heads));
+    }
+}
+
+static void run_pool(lz_job_fn fn, attn_job *j, int64_t tasks) {
+    atomic_store(&j->next, 0);
+    if (lz_pool_threads() > 1 && tasks > 1) lz_pool_run(fn, j);
+    else fn(j, 0, 1);
+}
+
+static int run_vec(attn_job *j) {
+    const int nth = lz_pool_threads(), group = j->n_heads / j->n_kv_heads;
+    int64_t max_chunks = 1;
+    for (int64_t i = 0; i < j->n_rows; i++) {
+        int64_t c = chunks_of(j->positions[i] - first_key(j, j->positions[i]) + 1);
+        if (c > max_chunks) max_chunks = c;
+    }
+    j->max_chunks = max_chunks;
+    // the heads of a kv head go together (they read the same keys and values),
+    // unless that leaves too few items to keep every thread busy
     int hpt = group < LZ_MAX_GROUP ? group : LZ_MAX_GROUP;
-    while (hpt > 1 && j->n_tokens * j->n_kv_heads * ((group + hpt - 1) / hpt) < 2 * nth)
+    while (hpt > 1 && j->n_rows * j->n_kv_heads * ((group + hpt - 1) / hpt) * max_chunks < 2 * nth)
         hpt = (hpt + 1) / 2;
     j->heads_per_task = hpt;
-    j->scratch_per_thread = ((max_pos + 1) * 3 * hpt + 15) & ~(int64_t)15;
-    j->scratch = malloc(sizeof(float) * (size_t)j->scratch_per_thread * (size_t)nth);
-    if (!j->scratch) return -2;
-    atomic_init(&j->next, 0);
-    int64_t tasks = j->n_tokens * j->n_kv_heads * ((group + hpt - 1) / hpt);
-    if (nth > 1 && tasks > 1) lz_pool_run(attn_worker, j);
-    else attn_worker(j, 0, 1);
-    free(j->scratch);
+    j->partials = NULL;
+    if (max_chunks > 1) {
+        j->partials = malloc(sizeof(float) * (size_t)(j->n_rows * j->n_heads * max_chunks) *
+                             (size_t)(2 + j->head_dim));
+        if (!j->partials) return -2;
+    }
+    // each item allocates its query and accumulator rows; fail here, not there
+    void *probe = malloc(sizeof(float) * (size_t)(2 * hpt * j->head_dim));
+    if (!probe) { free(j->partials); return -2; }
+    free(probe);
+    run_pool(vec_worker, j, j->n_rows * j->n_kv_heads * ((group + hpt - 1) / hpt) * max_chunks);
+    if (max_chunks > 1) run_pool(combine_worker, j, j->n_rows * j->n_heads);
+    free(j->partials);
     return 0;
 }
 
-int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
-                      lz_half *kc, lz_half *vc, int64_t n_tokens, int64_t pos0, int n_heads,
-                      int n_kv_heads, int head_dim, float scale, int64_t window, float *out,
-                      int64_t ldo) {
-    if (head_dim <= 0 || head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads)
-        return -1;
-    if (n_tokens < 0 || pos0 < 0 || ldq < (int64_t)n_heads * head_dim ||
-        ldkv < (int64_t)n_kv_heads * head_dim || ldo < (int64_t)n_heads * head_dim) return -1;
-    int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
-    for (int64_t i = 0; i < n_tokens; i++) {
-        f2h_row(k + i * ldkv, kc + (pos0 + i) * kv_dim, kv_dim);
-        f2h_row(v + i * ldkv, vc + (pos0 + i) * kv_dim, kv_dim);
+// ---------------------------------------------------------------- tiled (prompts)
+
+// Work item: one kv head's G query heads for a block of up to TILE_Q rows, over the
+// keys those rows see, in tiles of TILE_KV: scores S = Q K^T (f32), per row of S the
+// tile's maximum and exp, then O += P V. Rows of Q and O are (row, head) pairs.
+typedef struct {
+    float *q;      // [TILE_Q * G][hd]
+    float *kt;     // [hd][TILE_KV]: the key tile, transposed, f32
+    float *v;      // [TILE_KV][hd]
+    float *sc;     // [TILE_Q * G][TILE_KV]
+    float *o;      // [TILE_Q * G][hd]
+} tile_scratch;
+
+static void tiled_item(attn_job *j, tile_scratch *w, int64_t r0, int64_t nr, int kvh) {
+    const int hd = j->head_dim, G = j->n_heads / j->n_kv_heads;
+    const int64_t ld = j->kv_dim, off = (int64_t)kvh * hd, nq = nr * G;
+    const lz_half *kc = j->kcs[r0] + off, *vc = j->vcs[r0] + off;
+    float m[TILE_Q * LZ_MAX_GROUP * 4], s[TILE_Q * LZ_MAX_GROUP * 4];
+    for (int64_t r = 0; r < nr; r++)
+        for (int g = 0; g < G; g++)
+            memcpy(w->q + (r * G + g) * hd, j->q + (r0 + r) * j->ldq + (int64_t)(kvh * G + g) * hd,
+                   sizeof(float) * hd);
+    for (int64_t x = 0; x < nq; x++) { m[x] = -INFINITY; s[x] = 0.0f; }
+    memset(w->o, 0, sizeof(float) * (size_t)(nq * hd));
+    const int64_t first = first_key(j, j->positions[r0]), last = j->positions[r0 + nr - 1];
+    for (int64_t t0 = first - first % TILE_KV; t0 <= last; t0 += TILE_KV) {
+        const int nk = last + 1 - t0 < TILE_KV ? (int)(last + 1 - t0) : TILE_KV;
+        for (int t = 0; t < nk; t++) {
+            const lz_half *k = kc + (t0 + t) * ld, *v = vc + (t0 + t) * ld;
+            for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = lz_h2f(k[d]);
+            for (int d = 0; d < hd; d++) w->v[t * hd + d] = lz_h2f(v[d]);
+        }
+        for (int t = nk; t < TILE_KV; t++)
+            for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = 0.0f;
+        for (int64_t x = 0; x < nq; x++) {
+            const int64_t qpos = j->positions[r0 + x / G];
+            const int64_t lo = first_key(j, qpos);
+            if (t0 > qpos || t0 + nk <= lo) continue;   // no visible key in this tile
+            float *row = w->sc + x * TILE_KV;
+            const float *q = w->q + x * hd;
+            for (int t = 0; t < TILE_KV; t++) row[t] = 0.0f;
+            for (int d = 0; d < hd; d++) {
+                const float qd = q[d], *kd = w->kt + d * TILE_KV;
+                for (int t = 0; t < TILE_KV; t++) row[t] += qd * kd[t];
+            }
+            float tmax = -INFINITY;
+            for (int t = 0; t < TILE_KV; t++) {
+                const int64_t key = t0 + t;
+                row[t] = (t < nk && key >= lo && key <= qpos) ? row[t] * j->scale : -INFINITY;
+                tmax = row[t] > tmax ? row[t] : tmax;
+            }
+            float *o = w->o + x * hd;
+            if (tmax > m[x]) {
+                const float ms = exp_f32(m[x] - tmax);
+                for (int d = 0; d < hd; d++) o[d] *= ms;
+                s[x] *= ms;
+                m[x] = tmax;
+            }
+            double sum = 0.0;
+            for (int t = 0; t < TILE_KV; t++) {
+                row[t] = row[t] == -INFINITY ? 0.0f : lz_expf(row[t] - m[x]);
+                sum += (double)row[t];
+            }
+            s[x] = (float)((double)s[x] + sum);
+            for (int t = 0; t < nk; t++) {
+                const float p = row[t], *v = w->v + t * hd;
+                if (p != 0.0f)
+                    for (int d = 0; d < hd; d++) o[d] += p * v[d];
+            }
+        }
     }
-    attn_job j = {0};
-    j.q = q; j.ldq = ldq; j.kc = kc; j.vc = vc; j.kv_dim = kv_dim;
-    j.n_tokens = n_tokens; j.pos0 = pos0;
-    j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
-    j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
-    return run_attention(&j, pos0 + n_tokens - 1);
+    for (int64_t x = 0; x < nq; x++) {
+        float *dst = j->out + (r0 + x / G) * j->ldo + (int64_t)(kvh * G + x % G) * hd;
+        const float inv = s[x] == 0.0f ? 0.0f : 1.0f / s[x];
+        for (int d = 0; d < hd; d++) dst[d] = w->o[x * hd + d] * inv;
+    }
 }
 
-// One decoding step of n_rows different sequences: row i is the token at
-// positions[i] of the sequence whose cache (this layer's [n_ctx][kv_dim]) starts at
-// kcs[i] / vcs[i] + layer_off. Each row's key and value go into its own cache, and
-// its query attends to its own cache only; all rows and heads share the pool.
+typedef struct {
+    attn_job *j;
+    tile_scratch *scratch;   // one per thread
+} tiled_job;
+
+static void tiled_worker(void *p, int ith, int nth) {
+    (void)nth;
+    tiled_job *tj = (tiled_job *)p;
+    attn_job *j = tj->j;
+    const int64_t blocks = (j->n_rows + TILE_Q - 1) / TILE_Q, total = blocks * j->n_kv_heads;
+    for (;;) {
+        int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (task >= total) break;
+        // late row blocks see the most keys: hand them out first
+        const int64_t b = blocks - 1 - task / j->n_kv_heads;
+        const int64_t r0 = b * TILE_Q, nr = j->n_rows - r0 < TILE_Q ? j->n_rows - r0 : TILE_Q;
+        tiled_item(j, &tj->scratch[ith], r0, nr, (int)(task % j->n_kv_heads));
+    }
+}
+
+static int run_tiled(attn_job *j) {
+    const int nth = lz_pool_threads(), hd = j->head_dim, G = j->n_heads / j->n_kv_heads;
+    if (G > LZ_MAX_GROUP * 4) return run_vec(j);   // m and s arrays bound the group
+    const size_t per = (size_t)TILE_Q * G * hd * 2 + (size_t)hd * TILE_KV * 2 +
+                       (size_t)TILE_Q * G * TILE_KV;
+    float *mem = malloc(sizeof(float) * per * (size_t)nth);
+    tile_scratch *ws = malloc(sizeof(tile_scratch) * (size_t)nth);
+    if (!mem || !ws) { free(mem); free(ws); return -2; }
+    for (int t = 0; t < nth; t++) {
+        float *b = mem + per * (size_t)t;
+        ws[t].q = b;
+        ws[t].o = b + (size_t)TILE_Q * G * hd;
+        ws[t].kt = ws[t].o + (size_t)TILE_Q * G * hd;
+        ws[t].v = ws[t].kt + (size_t)hd * TILE_KV;
+        ws[t].sc = ws[t].v + (size_t)hd * TILE_KV;
+    }
+    tiled_job tj = {j, ws};
+    atomic_store(&j->next, 0);
+    const int64_t tasks = (j->n_rows + TILE_Q - 1) / TILE_Q * j->n_kv_heads;
+    if (nth > 1 && tasks > 1) lz_pool_run(tiled_worker, &tj);
+    else tiled_worker(&tj, 0, 1);
+    free(mem);
+    free(ws);
+    return 0;
+}
+
+// ---------------------------------------------------------------- entry points
+
+static int check_shapes(int64_t ldq, int64_t ldkv, int64_t ldo, int n_heads, int n_kv_heads,
+                        int head_dim) {
+    if (head_dim <= 0 || head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads <= 0 ||
+        n_heads % n_kv_heads)
+        return -1;
+    if (ldq < (int64_t)n_heads * head_dim || ldkv < (int64_t)n_kv_heads * head_dim ||
+        ldo < (int64_t)n_heads * head_dim)
+        return -1;
+    return 0;
+}
+
+// Rows i at positions[i] of the caches kcs[i] / vcs[i] (this layer's [n_ctx][kv_dim]):
+// their keys and values go in, then each query attends to its own cache.
+static int attend(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
+                  lz_half *const *kcs, lz_half *const *vcs, const int64_t *positions,
+                  int64_t n_rows, int n_heads, int n_kv_heads, int head_dim, float scale,
+                  int64_t window, float *out, int64_t ldo) {
+    const int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
+    for (int64_t i = 0; i < n_rows; i++) {
+        f2h_row(k + i * ldkv, kcs[i] + positions[i] * kv_dim, kv_dim);
+        f2h_row(v + i * ldkv, vcs[i] + positions[i] * kv_dim, kv_dim);
+    }
+    attn_job j;
+    memset(&j, 0, sizeof j);
+    j.q = q; j.ldq = ldq; j.kcs = kcs; j.vcs = vcs; j.positions = positions;
+    j.kv_dim = kv_dim; j.n_rows = n_rows;
+    j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
+    j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
+    // a prompt: consecutive positions of one cache, as many rows as a query tile
+    int one_run = n_rows >= TILE_Q;
+    for (int64_t i = 1; one_run && i < n_rows; i++)
+        one_run = kcs[i] == kcs[0] && vcs[i] == vcs[0] && positions[i] == positions[i - 1] + 1;
+    return one_run ? run_tiled(&j) : run_vec(&j);
+}
+
+int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
+                 lz_half *kc, lz_half *vc, int64_t n_tokens, int64_t pos0, int n_heads,
+                 int n_kv_heads, int head_dim, float scale, int64_t window, float *out,
+                 int64_t ldo) {
+    if (check_shapes(ldq, ldkv, ldo, n_heads, n_kv_heads, head_dim) || n_tokens < 0 || pos0 < 0)
+        return -1;
+    if (n_tokens == 0) return 0;
+    lz_half **caches = malloc(sizeof(lz_half *) * 2 * (size_t)n_tokens);
+    int64_t *positions = malloc(sizeof(int64_t) * (size_t)n_tokens);
+    if (!caches || !positions) { free(caches); free(positions); return -2; }
+    for (int64_t i = 0; i < n_tokens; i++) {
+        caches[i] = kc;
+        caches[n_tokens + i] = vc;
+        positions[i] = pos0 + i;
+    }
+    int rc = attend(q, ldq, k, v, ldkv, caches, caches + n_tokens, positions, n_tokens, n_heads,
+                    n_kv_heads, head_dim, scale, window, out, ldo);
+    free(caches);
+    free(positions);
+    return rc;
+}
+
+// One step of n_rows rows: row i is the token at positions[i] of the sequence whose
+// cache (this layer's [n_ctx][kv_dim]) starts at k_bases[i] / v_bases[i] + layer_off.
+// Rows of one sequence at consecutive positions (a prompt) attend together.
 int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
                       lz_half *const *k_bases, lz_half *const *v_bases, int64_t layer_off,
                       const int64_t *positions, int64_t n_rows, int n_heads, int n_kv_heads,
                       int head_dim, float scale, int64_t window, float *out, int64_t ldo) {
-    if (head_dim <= 0 || head_dim > LZ_MAX_HEAD_DIM || n_kv_heads <= 0 || n_heads % n_kv_heads)
+    if (check_shapes(ldq, ldkv, ldo, n_heads, n_kv_heads, head_dim) || n_rows < 0 || layer_off < 0)
         return -1;
-    if (n_rows < 0 || layer_off < 0 || ldq < (int64_t)n_heads * head_dim ||
-        ldkv < (int64_t)n_kv_heads * head_dim || ldo < (int64_t)n_heads * head_dim) return -1;
     for (int64_t i = 0; i < n_rows; i++)
         if (positions[i] < 0) return -1;
-    int64_t kv_dim = (int64_t)n_kv_heads * head_dim, max_pos = 0;
-    lz_half **kcs = malloc(sizeof(lz_half *) * 2 * (size_t)(n_rows > 0 ? n_rows : 1));
-    if (!kcs) return -2;
-    lz_half **vcs = kcs + n_rows;
+    if (n_rows == 0) return 0;
+    lz_half **caches = malloc(sizeof(lz_half *) * 2 * (size_t)n_rows);
+    if (!caches) return -2;
     for (int64_t i = 0; i < n_rows; i++) {
-        kcs[i] = k_bases[i] + layer_off;
-        vcs[i] = v_bases[i] + layer_off;
-        f2h_row(k + i * ldkv, kcs[i] + positions[i] * kv_dim, kv_dim);
-        f2h_row(v + i * ldkv, vcs[i] + positions[i] * kv_dim, kv_dim);
-        if (positions[i] > max_pos) max_pos = positions[i];
+        caches[i] = k_bases[i] + layer_off;
+        caches[n_rows + i] = v_bases[i] + layer_off;
     }
-    attn_job j = {0};
-    j.q = q; j.ldq = ldq; j.kcs = kcs; j.vcs = vcs; j.positions = positions;
-    j.kv_dim = kv_dim; j.n_tokens = n_rows;
-    j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
-    j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
-    int rc = run_attention(&j, max_pos);
-    free(kcs);
+    int rc = attend(q, ldq, k, v, ldkv, caches, caches + n_rows, positions, n_rows, n_heads,
+                    n_kv_heads, head_dim, scale, window, out, ldo);
+    free(caches);
     return rc;
 }

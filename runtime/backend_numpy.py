@@ -207,6 +207,12 @@ def dequantize(raw, type_id, n_elements):
 # Q4_1/Q5_1 and Q8_K (f32 scale, 256 wide) for the K-quants; F16 weights see f16
 # activations. Matching that keeps greedy output token for token with llama.cpp.
 
+# attention paths and their sizes (kernels/ops.c has the same)
+TILE_Q = 64          # rows of one prompt from which attention takes the tiled path
+TILE_KV = 64         # keys per tile there
+SPLIT_KEYS = 512     # a decoding row with this many keys or more splits them
+CHUNK_KEYS = 256     # into chunks of this many
+
 _ACT_Q8_32 = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
 _ACT_Q8_K = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 
@@ -407,59 +413,116 @@ class NumpyBackend(Backend):
 
     def attention(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
                   scale, window=0):
-        """Rows that continue one another in one cache (a prompt) go together."""
+        """Flash attention as llama.cpp's CPU backend computes it over an f16 cache.
+
+        A prompt (one run of at least TILE_Q rows continuing one another in one
+        cache) takes the tiled path: f32 queries and scores, softmax per tile of
+        TILE_KV keys, f32 values. Anything else (decoding, short batches) takes the
+        vec path: queries rounded to f16, an online softmax visiting keys in order
+        with an f16 value accumulator; rows with SPLIT_KEYS keys or more split them
+        into chunks of CHUNK_KEYS, combined in f32.
+        """
         runs, start = [], 0
         for r in range(1, len(positions) + 1):
             if r == len(positions) or caches[r] is not caches[start] \
                     or positions[r] != positions[r - 1] + 1:
-                runs.append(self._attend_run(q[start:r], k[start:r], v[start:r], caches[start],
-                                             layer, positions[start], n_heads, n_kv_heads,
-                                             head_dim, scale, window))
+                runs.append((start, r))
                 start = r
-        return runs[0] if len(runs) == 1 else np.concatenate(runs, axis=0)
+        tiled = len(runs) == 1 and len(positions) >= TILE_Q
+        out = []
+        for a, b in runs:
+            cache, pos0 = caches[a], positions[a]
+            end = pos0 + b - a
+            cache.k[layer, pos0:end] = k[a:b]
+            cache.v[layer, pos0:end] = v[a:b]
+            keys = cache.k[layer, :end].astype(np.float32).reshape(end, n_kv_heads, head_dim)
+            vals = cache.v[layer, :end].reshape(end, n_kv_heads, head_dim)
+            group = n_heads // n_kv_heads
+            kv_of_head = np.arange(n_heads) // group
+            query_pos = np.arange(pos0, end)[:, None, None]
+            key_pos = np.arange(end)[None, None, :]
+            visible = key_pos <= query_pos
+            if window > 0:
+                visible &= query_pos - key_pos < window
+            visible = np.broadcast_to(visible, (b - a, n_heads, end))
+            queries = q[a:b].reshape(b - a, n_heads, head_dim).astype(np.float32)
+            if not tiled:
+                queries = queries.astype(np.float16).astype(np.float32)
+            # scores[i, h, j]: query row i, head h, key position j
+            scores = np.einsum("ihd,jhd->ihj", queries, keys[:, kv_of_head, :]) * np.float32(scale)
+            with np.errstate(over="ignore", invalid="ignore"):
+                if tiled:
+                    o = self._tiled(scores, visible, vals, kv_of_head)
+                else:
+                    o = self._vec(scores, visible, vals, kv_of_head)
+            out.append(o.reshape(b - a, n_heads * head_dim).astype(np.float32))
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
 
-    def _attend_run(self, q, k, v, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale,
-                    window):
-        """Rows at positions pos0.. of one cache: flash attention as llama.cpp's CPU
-        backend computes it.
+    @staticmethod
+    def _tiled(scores, visible, vals, kv_of_head):
+        n, n_heads, end = scores.shape
+        m = np.full((n, n_heads, 1), -np.inf, np.float32)
+        s = np.zeros((n, n_heads, 1), np.float32)
+        o = np.zeros((n, n_heads, vals.shape[2]), np.float32)
+        for t0 in range(0, end, TILE_KV):
+            live = visible[:, :, t0:t0 + TILE_KV]
+            x = np.where(live, scores[:, :, t0:t0 + TILE_KV], np.float32(-np.inf))
+            tmax = x.max(axis=2, keepdims=True)
+            seen = tmax > -np.inf
+            up = seen & (tmax > m)
+            shrink = np.where(up, np.exp(m - tmax), np.float32(1.0)).astype(np.float32)
+            o *= shrink
+            s *= shrink
+            m = np.where(up, tmax, m)
+            p = np.where(live, np.exp(x - m), np.float32(0.0)).astype(np.float32)
+            s = np.where(seen, (s.astype(np.float64) + p.astype(np.float64).sum(axis=2, keepdims=True))
+                         .astype(np.float32), s)
+            v = vals[t0:t0 + TILE_KV][:, kv_of_head, :].astype(np.float32)   # [t, h, d]
+            o += np.einsum("iht,thd->ihd", p, v).astype(np.float32)
+        inv = np.where(s == 0, np.float32(0.0), np.float32(1.0) / s).astype(np.float32)
+        return o * inv
 
-        Queries are rounded to f16 like the f16 cache; scores are f32; a running
-        (online) softmax visits keys in order and accumulates values in f16.
-        """
-        n = q.shape[0]
-        end = pos0 + n
-        cache.k[layer, pos0:end] = k
-        cache.v[layer, pos0:end] = v
-        keys = cache.k[layer, :end].astype(np.float32).reshape(end, n_kv_heads, head_dim)
-        vals = cache.v[layer, :end].reshape(end, n_kv_heads, head_dim)
-        group = n_heads // n_kv_heads
-        kv_of_head = np.arange(n_heads) // group
-        queries = q.reshape(n, n_heads, head_dim).astype(np.float16).astype(np.float32)
-        # scores[i, h, j]: query row i, head h, key position j
-        scores = np.einsum("ihd,jhd->ihj", queries, keys[:, kv_of_head, :]) * np.float32(scale)
-        query_pos = np.arange(pos0, end)[:, None, None]
-        key_pos = np.arange(end)[None, None, :]
-        visible = key_pos <= query_pos
-        if window > 0:
-            visible &= query_pos - key_pos < window
-        running_max = np.full((n, n_heads, 1), -np.inf, np.float32)
-        running_sum = np.zeros((n, n_heads, 1), np.float32)
-        acc = np.zeros((n, n_heads, head_dim), np.float16)
-        with np.errstate(over="ignore", invalid="ignore"):
-            self._online_softmax(scores, visible, vals, kv_of_head, acc, running_max, running_sum)
-        out = acc.astype(np.float32) / running_sum
-        return out.reshape(n, n_heads * head_dim).astype(np.float32)
+    def _vec(self, scores, visible, vals, kv_of_head):
+        n, n_heads, end = scores.shape
+        n_keys = visible[:, 0, :].sum(axis=1)                       # per row
+        first = visible[:, 0, :].argmax(axis=1)
+        chunks = np.where(n_keys >= SPLIT_KEYS, (n_keys + CHUNK_KEYS - 1) // CHUNK_KEYS, 1)
+        key_chunk = np.where(chunks[:, None] > 1,
+                             (np.arange(end)[None, :] - first[:, None]) // CHUNK_KEYS, 0)
+        m = np.full((n, n_heads, 1), -np.inf, np.float32)
+        s = np.zeros((n, n_heads, 1), np.float32)
+        o = np.zeros((n, n_heads, vals.shape[2]), np.float32)
+        for c in range(int(chunks.max())):
+            live = visible & (key_chunk == c)[:, None, :]
+            cm = np.full((n, n_heads, 1), -np.inf, np.float32)
+            cs = np.zeros((n, n_heads, 1), np.float32)
+            acc = np.zeros((n, n_heads, vals.shape[2]), np.float16)
+            self._online_softmax(scores, live, vals, kv_of_head, acc, cm, cs)
+            if chunks.max() == 1:
+                m, s, o = cm, cs, acc.astype(np.float32)
+                break
+            # combine in f32 (a chunk some rows do not have leaves them alone)
+            have = cs > 0
+            new = np.maximum(m, cm)
+            so = np.where(have, np.exp(m - new), np.float32(1.0)).astype(np.float32)
+            sn = np.where(have, np.exp(cm - new), np.float32(0.0)).astype(np.float32)
+            o = np.where(have, o * so + acc.astype(np.float32) * sn, o).astype(np.float32)
+            s = np.where(have, s * so + cs * sn, s).astype(np.float32)
+            m = np.where(have, new, m)
+        inv = np.where(s == 0, np.float32(0.0), np.float32(1.0) / s).astype(np.float32)
+        return o * inv
 
     @staticmethod
     def _online_softmax(scores, visible, vals, kv_of_head, acc, running_max, running_sum):
         """Visit keys in order, as ggml's flash attention does (updates its arguments)."""
-        for j in range(scores.shape[2]):
+        for j in np.flatnonzero(visible.any(axis=(0, 1))):
             s_j = scores[:, :, j:j + 1]
-            live = visible[:, :, j:j + 1] & np.ones_like(s_j, dtype=bool)
+            live = visible[:, :, j:j + 1]
             new_max = np.where(live, np.maximum(running_max, s_j), running_max)
             shrink = np.where(live & (s_j > running_max),
                               np.exp(running_max - new_max), np.float32(1.0)).astype(np.float32)
-            weight = np.where(live, np.exp(s_j - new_max), np.float32(0.0)).astype(np.float32)
+            weight = np.where(live & ~(s_j > running_max), np.exp(s_j - new_max),
+                              np.where(live, np.float32(1.0), np.float32(0.0))).astype(np.float32)
             v_j = vals[j][kv_of_head][None, :, :].astype(np.float32)
             # ggml scales the f16 accumulator, then adds v * weight: two f16 roundings
             scaled = (acc.astype(np.float32) * shrink).astype(np.float16)

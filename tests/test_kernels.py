@@ -13,8 +13,9 @@ Tolerances:
   at most k/32 + 16 partial sums, each off by 2^-24 relative: (2048/32 + 16) * 6e-8
   ~ 5e-6 of the absolute sum for our sizes. A real bug is off by O(1) of it;
 - elementwise ops: a few float32 ulps (our exp is within 2 ulps);
-- attention: the value accumulator is f16 (2^-11 relative steps); a 1-ulp f32
-  difference in a score can flip one f16 rounding, so 4e-3 of the largest |v|.
+- attention, vec path (decoding, short batches): the value accumulator is f16 (2^-11
+  relative steps); a 1-ulp f32 difference in a score can flip one f16 rounding, so
+  4e-3 of the largest |v|. Tiled path (prompts of >= 64 rows): f32, 2e-5 of it.
 """
 
 import importlib.util
@@ -187,6 +188,56 @@ def k_for(name, shape):
     return K_SUPER[shape] if block == 256 else K_LEGACY[shape]
 
 
+# (heads, kv heads, head_dim, window, [(pos0, rows), ...] filling the cache in order).
+# Every variant: short runs (the vec path, its 16-key tiles), a prompt of 64 rows
+# (the tiled path) and one row of 520 keys (split into chunks), small heads.
+ATTENTION_CASES = [
+    (4, 2, 64, 0, [(0, 6), (6, 1), (7, 4)]),
+    (4, 1, 256, 3, [(0, 6), (6, 1), (7, 4)]),
+    (3, 3, 40, 0, [(0, 6), (6, 1), (7, 4)]),
+    (8, 1, 64, 0, [(0, 19), (19, 1), (20, 3)]),
+    (4, 2, 64, 0, [(0, 64), (64, 1)]),
+    (2, 1, 32, 0, [(0, 520), (520, 1)]),
+]
+# x86 variants (native, fast) also: GQA 1..8 at depths crossing the 64-key tiles, the
+# 512-key split and 256-key chunks, head sizes 32..128 (on and off the 64-wide path).
+ATTENTION_DEPTH_CASES = [
+    (8, 1, 64, 0, [(0, 70), (70, 1), (71, 530), (601, 1), (602, 3)]),
+    (6, 2, 128, 0, [(0, 100), (100, 3), (103, 417), (520, 1)]),
+    (4, 2, 80, 0, [(0, 515), (515, 1), (516, 2)]),
+    (4, 4, 32, 100, [(0, 130), (130, 1), (131, 5)]),
+    (9, 3, 48, 0, [(0, 64), (64, 17)]),
+]
+
+
+def attention_script(s, rng, cases):
+    """Each case on 2 threads and on 1, against the oracle."""
+    nb = NumpyBackend()
+    for threads in (2, 1):
+        s.cmd(("i", 1), ("i", threads))
+        for c, (nh, nkv, hd, window, steps) in enumerate(cases):
+            kv = nkv * hd
+            n_ctx = sum(n for _, n in steps)
+            cache = nb.kv_cache(1, n_ctx, kv)
+            s.cmd(("i", 7), ("q", n_ctx), ("q", kv))
+            for pos0, n in steps:
+                q = rng.standard_normal((n, nh * hd), dtype=np.float32)
+                k = rng.standard_normal((n, kv), dtype=np.float32)
+                v = rng.standard_normal((n, kv), dtype=np.float32)
+                ref = nb.attention(q, k, v, [cache] * n, 0, range(pos0, pos0 + n), nh, nkv, hd,
+                                   1 / math.sqrt(hd), window)
+                s.cmd(("i", 8), ("q", n), ("q", pos0), ("i", nh), ("i", nkv), ("i", hd),
+                      ("f", 1 / math.sqrt(hd)), ("q", window), ("raw", f32(q)), ("raw", f32(k)),
+                      ("raw", f32(v)))
+                # a prompt (tiled) is f32 throughout; elsewhere the f16 accumulator can
+                # round differently after a 1-ulp difference in a score
+                tol = 2e-5 if n >= 64 else 4e-3
+                s.expect(f"attn-{c}-{nh}-{nkv}-{hd}-{window}-{pos0}-t{threads}", ref.size,
+                         ref.ravel(), ("abs", tol * np.abs(v).max()))
+    s.cmd(("i", 1), ("i", 2))
+    return s
+
+
 def build_script(seed=0):
     rng = np.random.default_rng(seed)
     s = Script()
@@ -249,21 +300,7 @@ def build_script(seed=0):
                   ("raw", struct.pack(f"<{len(inv)}d", *inv)), ("raw", f32(x)))
             s.expect(f"rope-{neox}-{factors is not None}", x.size, ref.ravel(), ("abs", 4e-6))
 
-    for nh, nkv, hd, window in ((4, 2, 64, 0), (4, 1, 256, 3), (3, 3, 40, 0)):
-        kv = nkv * hd
-        cache = nb.kv_cache(1, 32, kv)
-        s.cmd(("i", 7), ("q", 32), ("q", kv))
-        for pos0, n in ((0, 6), (6, 1), (7, 4)):
-            q = rng.standard_normal((n, nh * hd), dtype=np.float32)
-            k = rng.standard_normal((n, kv), dtype=np.float32)
-            v = rng.standard_normal((n, kv), dtype=np.float32)
-            ref = nb.attention(q, k, v, [cache] * n, 0, range(pos0, pos0 + n), nh, nkv, hd,
-                               1 / math.sqrt(hd), window)
-            s.cmd(("i", 8), ("q", n), ("q", pos0), ("i", nh), ("i", nkv), ("i", hd),
-                  ("f", 1 / math.sqrt(hd)), ("q", window), ("raw", f32(q)), ("raw", f32(k)),
-                  ("raw", f32(v)))
-            s.expect(f"attn-{nh}-{nkv}-{hd}-{window}-{pos0}", ref.size, ref.ravel(),
-                     ("abs", 4e-3 * np.abs(v).max()))
+    attention_script(s, rng, ATTENTION_CASES)
 
     for gelu in (0, 1):
         g = rng.standard_normal(1000, dtype=np.float32) * 6
@@ -288,6 +325,22 @@ def script():
 
 
 _RESULTS = {}
+_DEPTH = {}
+
+
+def depth_results_for(run_id):
+    """The depth cases' script and its outputs on one x86 variant."""
+    if "script" not in _DEPTH:
+        _DEPTH["script"] = attention_script(Script(), np.random.default_rng(7),
+                                            ATTENTION_DEPTH_CASES)
+    if run_id not in _DEPTH:
+        _, arch, variant, cpu = next(r for r in RUNS if r[0] == run_id)
+        argv = driver_command(arch, variant, cpu)
+        _DEPTH[run_id] = argv if isinstance(argv, str) else _DEPTH["script"].run(argv)
+    res = _DEPTH[run_id]
+    if isinstance(res, str):
+        pytest.skip(res)
+    return _DEPTH["script"], res
 
 
 def results_for(run_id):
@@ -354,6 +407,13 @@ def test_variant(built, run_id, case):
         selected = [o for o in outputs if o[0] == case]
     assert selected
     for name, _, ref, how in selected:
+        check(name, res[name], np.asarray(ref, np.float32).ravel(), how)
+
+
+@pytest.mark.parametrize("run_id", [r[0] for r in RUNS if r[1] == "x86_64"])
+def test_attention_at_depth(built, run_id):
+    sc, res = depth_results_for(run_id)
+    for name, _, ref, how in sc.outputs:
         check(name, res[name], np.asarray(ref, np.float32).ravel(), how)
 
 
