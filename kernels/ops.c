@@ -48,6 +48,18 @@ static void round16_row(float *a, int64_t n) {
     for (; i < n; i++) a[i] = lz_h2f(lz_f2h(a[i]));
 }
 
+// f16 row to f32.
+static void h2f_row(const lz_half *src, float *dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#elif defined(__aarch64__)
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = lz_h2f(src[i]);
+}
+
 // ---------------------------------------------------------------- exp
 
 // exp(x) to about 1 ulp, branch-free so loops over it vectorize: x = n*ln2 + r with
@@ -757,6 +769,106 @@ typedef struct {
     float *o;      // [TILE_Q * G][hd]
 } tile_scratch;
 
+#if defined(__AVX512F__)
+// exp(x) for 16 floats, lz_expf's formula as vectors (about 1 ulp; -inf gives 0).
+static inline __m512 expf16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f);
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), y);
+}
+
+// One tile of TILE_KV keys for rows x0..x0+X-1 of the item (row-head pairs), head_dim
+// 16 NV: scores against the transposed f32 key tile, masked, the softmax step per
+// row, then O += P V with the accumulators in registers.
+static inline __attribute__((always_inline)) void tile_rows(
+    const int NV, const int X, attn_job *j, tile_scratch *w, int64_t r0, int G, int64_t x0,
+    int64_t t0, int nk, float *m, float *s) {
+    const int hd = 16 * NV;
+    __m512 acc[X][4];
+    for (int x = 0; x < X; x++)
+        for (int c = 0; c < 4; c++) acc[x][c] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        const float *kd = w->kt + d * TILE_KV;
+        const __m512 k0 = _mm512_loadu_ps(kd), k1 = _mm512_loadu_ps(kd + 16),
+                     k2 = _mm512_loadu_ps(kd + 32), k3 = _mm512_loadu_ps(kd + 48);
+        for (int x = 0; x < X; x++) {
+            const __m512 qd = _mm512_set1_ps(w->q[(x0 + x) * hd + d]);
+            acc[x][0] = _mm512_fmadd_ps(qd, k0, acc[x][0]);
+            acc[x][1] = _mm512_fmadd_ps(qd, k1, acc[x][1]);
+            acc[x][2] = _mm512_fmadd_ps(qd, k2, acc[x][2]);
+            acc[x][3] = _mm512_fmadd_ps(qd, k3, acc[x][3]);
+        }
+    }
+    const __m512 scale = _mm512_set1_ps(j->scale), ninf = _mm512_set1_ps(-INFINITY);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int live[X];
+    for (int x = 0; x < X; x++) {
+        const int64_t qpos = j->positions[r0 + (x0 + x) / G], lo = first_key(j, qpos);
+        __m512 mx = ninf;
+        for (int c = 0; c < 4; c++) {
+            // key t0 + 16c + lane is visible when lo <= key <= qpos and inside the tile
+            const __m512i key = _mm512_add_epi32(lane, _mm512_set1_epi32((int)(16 * c)));
+            const int64_t a = lo - t0 > 0 ? lo - t0 : 0, b = qpos - t0 < nk - 1 ? qpos - t0 : nk - 1;
+            __mmask16 vis = _mm512_cmp_epi32_mask(key, _mm512_set1_epi32((int)a), _MM_CMPINT_NLT) &
+                            _mm512_cmp_epi32_mask(key, _mm512_set1_epi32((int)b), _MM_CMPINT_LE);
+            acc[x][c] = _mm512_mask_blend_ps(vis, ninf, _mm512_mul_ps(acc[x][c], scale));
+            mx = _mm512_max_ps(mx, acc[x][c]);
+        }
+        const float tmax = _mm512_reduce_max_ps(mx);
+        live[x] = tmax > -INFINITY;
+        if (!live[x]) continue;
+        float *o = w->o + (x0 + x) * hd;
+        if (tmax > m[x0 + x]) {
+            const float ms = exp_f32(m[x0 + x] - tmax);
+            const __m512 msv = _mm512_set1_ps(ms);
+            for (int d = 0; d < NV; d++)
+                _mm512_storeu_ps(o + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(o + 16 * d), msv));
+            s[x0 + x] *= ms;
+            m[x0 + x] = tmax;
+        }
+        const __m512 mv = _mm512_set1_ps(m[x0 + x]);
+        __m512d sum = _mm512_setzero_pd();
+        for (int c = 0; c < 4; c++) {
+            acc[x][c] = expf16(_mm512_sub_ps(acc[x][c], mv));
+            sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(acc[x][c])));
+            sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm256_castpd_ps(
+                                         _mm512_extractf64x4_pd(_mm512_castps_pd(acc[x][c]), 1))));
+        }
+        s[x0 + x] = (float)((double)s[x0 + x] + _mm512_reduce_add_pd(sum));
+    }
+    // O += P V, the X rows' outputs in registers over the tile's keys
+    float p[X][TILE_KV];
+    __m512 O[X][NV];
+    for (int x = 0; x < X; x++) {
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(p[x] + 16 * c, live[x] ? acc[x][c] : _mm512_setzero_ps());
+        for (int d = 0; d < NV; d++) O[x][d] = _mm512_loadu_ps(w->o + (x0 + x) * hd + 16 * d);
+    }
+    for (int t = 0; t < nk; t++) {
+        const float *v = w->v + t * hd;
+        for (int d = 0; d < NV; d++) {
+            const __m512 vd = _mm512_loadu_ps(v + 16 * d);
+            for (int x = 0; x < X; x++) O[x][d] = _mm512_fmadd_ps(_mm512_set1_ps(p[x][t]), vd, O[x][d]);
+        }
+    }
+    for (int x = 0; x < X; x++)
+        for (int d = 0; d < NV; d++) _mm512_storeu_ps(w->o + (x0 + x) * hd + 16 * d, O[x][d]);
+}
+#endif
+
 static void tiled_item(attn_job *j, tile_scratch *w, int64_t r0, int64_t nr, int kvh) {
     const int hd = j->head_dim, G = j->n_heads / j->n_kv_heads;
     const int64_t ld = j->kv_dim, off = (int64_t)kvh * hd, nq = nr * G;
@@ -773,11 +885,26 @@ static void tiled_item(attn_job *j, tile_scratch *w, int64_t r0, int64_t nr, int
         const int nk = last + 1 - t0 < TILE_KV ? (int)(last + 1 - t0) : TILE_KV;
         for (int t = 0; t < nk; t++) {
             const lz_half *k = kc + (t0 + t) * ld, *v = vc + (t0 + t) * ld;
-            for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = lz_h2f(k[d]);
-            for (int d = 0; d < hd; d++) w->v[t * hd + d] = lz_h2f(v[d]);
+            float *row = w->sc;   // the key row in f32, then into its column
+            h2f_row(k, row, hd);
+            for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = row[d];
+            h2f_row(v, w->v + t * hd, hd);
         }
         for (int t = nk; t < TILE_KV; t++)
             for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = 0.0f;
+#if defined(__AVX512F__)
+        if (hd == 64 || hd == 128) {
+            int64_t x = 0;
+            if (hd == 64) {
+                for (; x + 4 <= nq; x += 4) tile_rows(4, 4, j, w, r0, G, x, t0, nk, m, s);
+                for (; x < nq; x++) tile_rows(4, 1, j, w, r0, G, x, t0, nk, m, s);
+            } else {
+                for (; x + 2 <= nq; x += 2) tile_rows(8, 2, j, w, r0, G, x, t0, nk, m, s);
+                for (; x < nq; x++) tile_rows(8, 1, j, w, r0, G, x, t0, nk, m, s);
+            }
+            continue;
+        }
+#endif
         for (int64_t x = 0; x < nq; x++) {
             const int64_t qpos = j->positions[r0 + x / G];
             const int64_t lo = first_key(j, qpos);
