@@ -48,18 +48,6 @@ static void round16_row(float *a, int64_t n) {
     for (; i < n; i++) a[i] = lz_h2f(lz_f2h(a[i]));
 }
 
-// f16 row to f32.
-static void h2f_row(const lz_half *src, float *dst, int64_t n) {
-    int64_t i = 0;
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-#elif defined(__aarch64__)
-    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
-#endif
-    for (; i < n; i++) dst[i] = lz_h2f(src[i]);
-}
-
 // ---------------------------------------------------------------- exp
 
 // exp(x) to about 1 ulp, branch-free so loops over it vectorize: x = n*ln2 + r with
@@ -219,22 +207,20 @@ void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim,
 
 // ---------------------------------------------------------------- attention
 //
-// Two numerics, as llama.cpp's CPU flash attention has them over an f16 cache:
-//
-// * vec (decoding, and batches of fewer than TILE_Q rows): each query is rounded to
-//   f16, its scores are f32 dot products with the f16 keys, and the keys are visited
-//   in order with an online softmax whose value accumulator is f16 (rounded after
-//   every key: ggml's vec_scale_f16 when a new maximum shrinks it, then vec_mad_f16).
-//   A row with SPLIT_KEYS keys or more splits them into chunks of CHUNK_KEYS (from
-//   the first visible key), each accumulated alone and combined in f32, as ggml
-//   splits long single-token attention across threads (our chunks do not depend on
-//   the thread count, so neither do the results).
-// * tiled (a run of at least TILE_Q consecutive rows of one sequence: a prompt): f32
-//   queries and scores over tiles of TILE_KV keys, the softmax maximum and sum per
-//   tile, f32 value accumulation.
+// The numerics of llama.cpp's CPU flash attention over an f16 cache for a single
+// token (its vec path): each query is rounded to f16, its scores are f32 dot products
+// with the f16 keys, and the keys are visited in order with an online softmax whose
+// value accumulator is f16 (rounded after every key: ggml's vec_scale_f16 when a new
+// maximum shrinks it, then vec_mad_f16). A row with SPLIT_KEYS keys or more splits
+// them into chunks of CHUNK_KEYS (from its first visible key), each accumulated alone
+// and combined in f32, as ggml splits long single-token attention across threads.
+// Every row is computed so, whatever else is in the batch: a row's result does not
+// depend on the batch, the thread count or the rows beside it (llama.cpp's prompts of
+// 64 rows or more take an f32 tiled path instead; ours would then answer a cached
+// prompt differently from a fresh one, and a stream differently from its non-stream).
 //
 // exp is computed in double and rounded to f32, i.e. correctly rounded but for
-// rare ties, as libm's expf that ggml calls in the vec path.
+// rare ties, as libm's expf that ggml calls here.
 //
 // Work items: (row, kv head, query heads of that kv head, key chunk). The heads of
 // one kv head go together: each key and value row is loaded and converted once for
@@ -245,8 +231,6 @@ void lz_rope(float *x, int64_t n_tokens, int64_t ldx, int n_heads, int head_dim,
 
 #define LZ_MAX_HEAD_DIM 1024
 #define LZ_MAX_GROUP 8          // query heads per work item at most
-#define TILE_Q 64               // rows from which a prompt takes the tiled path
-#define TILE_KV 64              // keys per tile there
 #define SPLIT_KEYS 512          // a vec row with this many keys or more is split
 #define CHUNK_KEYS 256          // into chunks of this many
 
@@ -756,245 +740,6 @@ static int run_vec(attn_job *j) {
     return 0;
 }
 
-// ---------------------------------------------------------------- tiled (prompts)
-
-// Work item: one kv head's G query heads for a block of up to TILE_Q rows, over the
-// keys those rows see, in tiles of TILE_KV: scores S = Q K^T (f32), per row of S the
-// tile's maximum and exp, then O += P V. Rows of Q and O are (row, head) pairs.
-typedef struct {
-    float *q;      // [TILE_Q * G][hd]
-    float *kt;     // [hd][TILE_KV]: the key tile, transposed, f32
-    float *v;      // [TILE_KV][hd]
-    float *sc;     // [TILE_Q * G][TILE_KV]
-    float *o;      // [TILE_Q * G][hd]
-} tile_scratch;
-
-#if defined(__AVX512F__)
-// exp(x) for 16 floats, lz_expf's formula as vectors (about 1 ulp; -inf gives 0).
-static inline __m512 expf16(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f);
-    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), y);
-}
-
-// One tile of TILE_KV keys for rows x0..x0+X-1 of the item (row-head pairs), head_dim
-// 16 NV: scores against the transposed f32 key tile, masked, the softmax step per
-// row, then O += P V with the accumulators in registers.
-static inline __attribute__((always_inline)) void tile_rows(
-    const int NV, const int X, attn_job *j, tile_scratch *w, int64_t r0, int G, int64_t x0,
-    int64_t t0, int nk, float *m, float *s) {
-    const int hd = 16 * NV;
-    __m512 acc[X][4];
-    for (int x = 0; x < X; x++)
-        for (int c = 0; c < 4; c++) acc[x][c] = _mm512_setzero_ps();
-    for (int d = 0; d < hd; d++) {
-        const float *kd = w->kt + d * TILE_KV;
-        const __m512 k0 = _mm512_loadu_ps(kd), k1 = _mm512_loadu_ps(kd + 16),
-                     k2 = _mm512_loadu_ps(kd + 32), k3 = _mm512_loadu_ps(kd + 48);
-        for (int x = 0; x < X; x++) {
-            const __m512 qd = _mm512_set1_ps(w->q[(x0 + x) * hd + d]);
-            acc[x][0] = _mm512_fmadd_ps(qd, k0, acc[x][0]);
-            acc[x][1] = _mm512_fmadd_ps(qd, k1, acc[x][1]);
-            acc[x][2] = _mm512_fmadd_ps(qd, k2, acc[x][2]);
-            acc[x][3] = _mm512_fmadd_ps(qd, k3, acc[x][3]);
-        }
-    }
-    const __m512 scale = _mm512_set1_ps(j->scale), ninf = _mm512_set1_ps(-INFINITY);
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    int live[X];
-    for (int x = 0; x < X; x++) {
-        const int64_t qpos = j->positions[r0 + (x0 + x) / G], lo = first_key(j, qpos);
-        __m512 mx = ninf;
-        for (int c = 0; c < 4; c++) {
-            // key t0 + 16c + lane is visible when lo <= key <= qpos and inside the tile
-            const __m512i key = _mm512_add_epi32(lane, _mm512_set1_epi32((int)(16 * c)));
-            const int64_t a = lo - t0 > 0 ? lo - t0 : 0, b = qpos - t0 < nk - 1 ? qpos - t0 : nk - 1;
-            __mmask16 vis = _mm512_cmp_epi32_mask(key, _mm512_set1_epi32((int)a), _MM_CMPINT_NLT) &
-                            _mm512_cmp_epi32_mask(key, _mm512_set1_epi32((int)b), _MM_CMPINT_LE);
-            acc[x][c] = _mm512_mask_blend_ps(vis, ninf, _mm512_mul_ps(acc[x][c], scale));
-            mx = _mm512_max_ps(mx, acc[x][c]);
-        }
-        const float tmax = _mm512_reduce_max_ps(mx);
-        live[x] = tmax > -INFINITY;
-        if (!live[x]) continue;
-        float *o = w->o + (x0 + x) * hd;
-        if (tmax > m[x0 + x]) {
-            const float ms = exp_f32(m[x0 + x] - tmax);
-            const __m512 msv = _mm512_set1_ps(ms);
-            for (int d = 0; d < NV; d++)
-                _mm512_storeu_ps(o + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(o + 16 * d), msv));
-            s[x0 + x] *= ms;
-            m[x0 + x] = tmax;
-        }
-        const __m512 mv = _mm512_set1_ps(m[x0 + x]);
-        __m512d sum = _mm512_setzero_pd();
-        for (int c = 0; c < 4; c++) {
-            acc[x][c] = expf16(_mm512_sub_ps(acc[x][c], mv));
-            sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(acc[x][c])));
-            sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm256_castpd_ps(
-                                         _mm512_extractf64x4_pd(_mm512_castps_pd(acc[x][c]), 1))));
-        }
-        s[x0 + x] = (float)((double)s[x0 + x] + _mm512_reduce_add_pd(sum));
-    }
-    // O += P V, the X rows' outputs in registers over the tile's keys
-    float p[X][TILE_KV];
-    __m512 O[X][NV];
-    for (int x = 0; x < X; x++) {
-        for (int c = 0; c < 4; c++) _mm512_storeu_ps(p[x] + 16 * c, live[x] ? acc[x][c] : _mm512_setzero_ps());
-        for (int d = 0; d < NV; d++) O[x][d] = _mm512_loadu_ps(w->o + (x0 + x) * hd + 16 * d);
-    }
-    for (int t = 0; t < nk; t++) {
-        const float *v = w->v + t * hd;
-        for (int d = 0; d < NV; d++) {
-            const __m512 vd = _mm512_loadu_ps(v + 16 * d);
-            for (int x = 0; x < X; x++) O[x][d] = _mm512_fmadd_ps(_mm512_set1_ps(p[x][t]), vd, O[x][d]);
-        }
-    }
-    for (int x = 0; x < X; x++)
-        for (int d = 0; d < NV; d++) _mm512_storeu_ps(w->o + (x0 + x) * hd + 16 * d, O[x][d]);
-}
-#endif
-
-static void tiled_item(attn_job *j, tile_scratch *w, int64_t r0, int64_t nr, int kvh) {
-    const int hd = j->head_dim, G = j->n_heads / j->n_kv_heads;
-    const int64_t ld = j->kv_dim, off = (int64_t)kvh * hd, nq = nr * G;
-    const lz_half *kc = j->kcs[r0] + off, *vc = j->vcs[r0] + off;
-    float m[TILE_Q * LZ_MAX_GROUP * 4], s[TILE_Q * LZ_MAX_GROUP * 4];
-    for (int64_t r = 0; r < nr; r++)
-        for (int g = 0; g < G; g++)
-            memcpy(w->q + (r * G + g) * hd, j->q + (r0 + r) * j->ldq + (int64_t)(kvh * G + g) * hd,
-                   sizeof(float) * hd);
-    for (int64_t x = 0; x < nq; x++) { m[x] = -INFINITY; s[x] = 0.0f; }
-    memset(w->o, 0, sizeof(float) * (size_t)(nq * hd));
-    const int64_t first = first_key(j, j->positions[r0]), last = j->positions[r0 + nr - 1];
-    for (int64_t t0 = first - first % TILE_KV; t0 <= last; t0 += TILE_KV) {
-        const int nk = last + 1 - t0 < TILE_KV ? (int)(last + 1 - t0) : TILE_KV;
-        for (int t = 0; t < nk; t++) {
-            const lz_half *k = kc + (t0 + t) * ld, *v = vc + (t0 + t) * ld;
-            float *row = w->sc;   // the key row in f32, then into its column
-            h2f_row(k, row, hd);
-            for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = row[d];
-            h2f_row(v, w->v + t * hd, hd);
-        }
-        for (int t = nk; t < TILE_KV; t++)
-            for (int d = 0; d < hd; d++) w->kt[d * TILE_KV + t] = 0.0f;
-#if defined(__AVX512F__)
-        if (hd == 64 || hd == 128) {
-            int64_t x = 0;
-            if (hd == 64) {
-                for (; x + 4 <= nq; x += 4) tile_rows(4, 4, j, w, r0, G, x, t0, nk, m, s);
-                for (; x < nq; x++) tile_rows(4, 1, j, w, r0, G, x, t0, nk, m, s);
-            } else {
-                for (; x + 2 <= nq; x += 2) tile_rows(8, 2, j, w, r0, G, x, t0, nk, m, s);
-                for (; x < nq; x++) tile_rows(8, 1, j, w, r0, G, x, t0, nk, m, s);
-            }
-            continue;
-        }
-#endif
-        for (int64_t x = 0; x < nq; x++) {
-            const int64_t qpos = j->positions[r0 + x / G];
-            const int64_t lo = first_key(j, qpos);
-            if (t0 > qpos || t0 + nk <= lo) continue;   // no visible key in this tile
-            float *row = w->sc + x * TILE_KV;
-            const float *q = w->q + x * hd;
-            for (int t = 0; t < TILE_KV; t++) row[t] = 0.0f;
-            for (int d = 0; d < hd; d++) {
-                const float qd = q[d], *kd = w->kt + d * TILE_KV;
-                for (int t = 0; t < TILE_KV; t++) row[t] += qd * kd[t];
-            }
-            float tmax = -INFINITY;
-            for (int t = 0; t < TILE_KV; t++) {
-                const int64_t key = t0 + t;
-                row[t] = (t < nk && key >= lo && key <= qpos) ? row[t] * j->scale : -INFINITY;
-                tmax = row[t] > tmax ? row[t] : tmax;
-            }
-            float *o = w->o + x * hd;
-            if (tmax > m[x]) {
-                const float ms = exp_f32(m[x] - tmax);
-                for (int d = 0; d < hd; d++) o[d] *= ms;
-                s[x] *= ms;
-                m[x] = tmax;
-            }
-            double sum = 0.0;
-            for (int t = 0; t < TILE_KV; t++) {
-                row[t] = row[t] == -INFINITY ? 0.0f : lz_expf(row[t] - m[x]);
-                sum += (double)row[t];
-            }
-            s[x] = (float)((double)s[x] + sum);
-            for (int t = 0; t < nk; t++) {
-                const float p = row[t], *v = w->v + t * hd;
-                if (p != 0.0f)
-                    for (int d = 0; d < hd; d++) o[d] += p * v[d];
-            }
-        }
-    }
-    for (int64_t x = 0; x < nq; x++) {
-        float *dst = j->out + (r0 + x / G) * j->ldo + (int64_t)(kvh * G + x % G) * hd;
-        const float inv = s[x] == 0.0f ? 0.0f : 1.0f / s[x];
-        for (int d = 0; d < hd; d++) dst[d] = w->o[x * hd + d] * inv;
-    }
-}
-
-typedef struct {
-    attn_job *j;
-    tile_scratch *scratch;   // one per thread
-} tiled_job;
-
-static void tiled_worker(void *p, int ith, int nth) {
-    (void)nth;
-    tiled_job *tj = (tiled_job *)p;
-    attn_job *j = tj->j;
-    const int64_t blocks = (j->n_rows + TILE_Q - 1) / TILE_Q, total = blocks * j->n_kv_heads;
-    for (;;) {
-        int64_t task = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (task >= total) break;
-        // late row blocks see the most keys: hand them out first
-        const int64_t b = blocks - 1 - task / j->n_kv_heads;
-        const int64_t r0 = b * TILE_Q, nr = j->n_rows - r0 < TILE_Q ? j->n_rows - r0 : TILE_Q;
-        tiled_item(j, &tj->scratch[ith], r0, nr, (int)(task % j->n_kv_heads));
-    }
-}
-
-static int run_tiled(attn_job *j) {
-    const int nth = lz_pool_threads(), hd = j->head_dim, G = j->n_heads / j->n_kv_heads;
-    if (G > LZ_MAX_GROUP * 4) return run_vec(j);   // m and s arrays bound the group
-    const size_t per = (size_t)TILE_Q * G * hd * 2 + (size_t)hd * TILE_KV * 2 +
-                       (size_t)TILE_Q * G * TILE_KV;
-    float *mem = malloc(sizeof(float) * per * (size_t)nth);
-    tile_scratch *ws = malloc(sizeof(tile_scratch) * (size_t)nth);
-    if (!mem || !ws) { free(mem); free(ws); return -2; }
-    for (int t = 0; t < nth; t++) {
-        float *b = mem + per * (size_t)t;
-        ws[t].q = b;
-        ws[t].o = b + (size_t)TILE_Q * G * hd;
-        ws[t].kt = ws[t].o + (size_t)TILE_Q * G * hd;
-        ws[t].v = ws[t].kt + (size_t)hd * TILE_KV;
-        ws[t].sc = ws[t].v + (size_t)hd * TILE_KV;
-    }
-    tiled_job tj = {j, ws};
-    atomic_store(&j->next, 0);
-    const int64_t tasks = (j->n_rows + TILE_Q - 1) / TILE_Q * j->n_kv_heads;
-    if (nth > 1 && tasks > 1) lz_pool_run(tiled_worker, &tj);
-    else tiled_worker(&tj, 0, 1);
-    free(mem);
-    free(ws);
-    return 0;
-}
-
 // ---------------------------------------------------------------- entry points
 
 static int check_shapes(int64_t ldq, int64_t ldkv, int64_t ldo, int n_heads, int n_kv_heads,
@@ -1025,11 +770,7 @@ static int attend(const float *q, int64_t ldq, const float *k, const float *v, i
     j.kv_dim = kv_dim; j.n_rows = n_rows;
     j.n_heads = n_heads; j.n_kv_heads = n_kv_heads; j.head_dim = head_dim;
     j.scale = scale; j.window = window; j.out = out; j.ldo = ldo;
-    // a prompt: consecutive positions of one cache, as many rows as a query tile
-    int one_run = n_rows >= TILE_Q;
-    for (int64_t i = 1; one_run && i < n_rows; i++)
-        one_run = kcs[i] == kcs[0] && vcs[i] == vcs[0] && positions[i] == positions[i - 1] + 1;
-    return one_run ? run_tiled(&j) : run_vec(&j);
+    return run_vec(&j);
 }
 
 int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
@@ -1056,7 +797,6 @@ int lz_attention(const float *q, int64_t ldq, const float *k, const float *v, in
 
 // One step of n_rows rows: row i is the token at positions[i] of the sequence whose
 // cache (this layer's [n_ctx][kv_dim]) starts at k_bases[i] / v_bases[i] + layer_off.
-// Rows of one sequence at consecutive positions (a prompt) attend together.
 int lz_attention_rows(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldkv,
                       lz_half *const *k_bases, lz_half *const *v_bases, int64_t layer_off,
                       const int64_t *positions, int64_t n_rows, int n_heads, int n_kv_heads,

@@ -207,11 +207,10 @@ def dequantize(raw, type_id, n_elements):
 # Q4_1/Q5_1 and Q8_K (f32 scale, 256 wide) for the K-quants; F16 weights see f16
 # activations. Matching that keeps greedy output token for token with llama.cpp.
 
-# attention paths and their sizes (kernels/ops.c has the same)
-TILE_Q = 64          # rows of one prompt from which attention takes the tiled path
-TILE_KV = 64         # keys per tile there
-SPLIT_KEYS = 512     # a decoding row with this many keys or more splits them
-CHUNK_KEYS = 256     # into chunks of this many
+# attention: a row with SPLIT_KEYS keys or more splits them into chunks of CHUNK_KEYS
+# (kernels/ops.c has the same)
+SPLIT_KEYS = 512
+CHUNK_KEYS = 256
 
 _ACT_Q8_32 = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
 _ACT_Q8_K = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
@@ -413,14 +412,11 @@ class NumpyBackend(Backend):
 
     def attention(self, q, k, v, caches, layer, positions, n_heads, n_kv_heads, head_dim,
                   scale, window=0):
-        """Flash attention as llama.cpp's CPU backend computes it over an f16 cache.
-
-        A prompt (one run of at least TILE_Q rows continuing one another in one
-        cache) takes the tiled path: f32 queries and scores, softmax per tile of
-        TILE_KV keys, f32 values. Anything else (decoding, short batches) takes the
-        vec path: queries rounded to f16, an online softmax visiting keys in order
-        with an f16 value accumulator; rows with SPLIT_KEYS keys or more split them
-        into chunks of CHUNK_KEYS, combined in f32.
+        """Flash attention as llama.cpp's CPU backend computes it over an f16 cache for
+        one token (its vec path), for every row whatever the batch: queries rounded
+        to f16, an online softmax visiting keys in order with an f16 value
+        accumulator; rows with SPLIT_KEYS keys or more split them into chunks of
+        CHUNK_KEYS, combined in f32.
         """
         runs, start = [], 0
         for r in range(1, len(positions) + 1):
@@ -428,7 +424,6 @@ class NumpyBackend(Backend):
                     or positions[r] != positions[r - 1] + 1:
                 runs.append((start, r))
                 start = r
-        tiled = len(runs) == 1 and len(positions) >= TILE_Q
         out = []
         for a, b in runs:
             cache, pos0 = caches[a], positions[a]
@@ -445,42 +440,14 @@ class NumpyBackend(Backend):
             if window > 0:
                 visible &= query_pos - key_pos < window
             visible = np.broadcast_to(visible, (b - a, n_heads, end))
-            queries = q[a:b].reshape(b - a, n_heads, head_dim).astype(np.float32)
-            if not tiled:
-                queries = queries.astype(np.float16).astype(np.float32)
+            queries = q[a:b].reshape(b - a, n_heads, head_dim).astype(np.float16)
+            queries = queries.astype(np.float32)
             # scores[i, h, j]: query row i, head h, key position j
             scores = np.einsum("ihd,jhd->ihj", queries, keys[:, kv_of_head, :]) * np.float32(scale)
             with np.errstate(over="ignore", invalid="ignore"):
-                if tiled:
-                    o = self._tiled(scores, visible, vals, kv_of_head)
-                else:
-                    o = self._vec(scores, visible, vals, kv_of_head)
+                o = self._vec(scores, visible, vals, kv_of_head)
             out.append(o.reshape(b - a, n_heads * head_dim).astype(np.float32))
         return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
-
-    @staticmethod
-    def _tiled(scores, visible, vals, kv_of_head):
-        n, n_heads, end = scores.shape
-        m = np.full((n, n_heads, 1), -np.inf, np.float32)
-        s = np.zeros((n, n_heads, 1), np.float32)
-        o = np.zeros((n, n_heads, vals.shape[2]), np.float32)
-        for t0 in range(0, end, TILE_KV):
-            live = visible[:, :, t0:t0 + TILE_KV]
-            x = np.where(live, scores[:, :, t0:t0 + TILE_KV], np.float32(-np.inf))
-            tmax = x.max(axis=2, keepdims=True)
-            seen = tmax > -np.inf
-            up = seen & (tmax > m)
-            shrink = np.where(up, np.exp(m - tmax), np.float32(1.0)).astype(np.float32)
-            o *= shrink
-            s *= shrink
-            m = np.where(up, tmax, m)
-            p = np.where(live, np.exp(x - m), np.float32(0.0)).astype(np.float32)
-            s = np.where(seen, (s.astype(np.float64) + p.astype(np.float64).sum(axis=2, keepdims=True))
-                         .astype(np.float32), s)
-            v = vals[t0:t0 + TILE_KV][:, kv_of_head, :].astype(np.float32)   # [t, h, d]
-            o += np.einsum("iht,thd->ihd", p, v).astype(np.float32)
-        inv = np.where(s == 0, np.float32(0.0), np.float32(1.0) / s).astype(np.float32)
-        return o * inv
 
     def _vec(self, scores, visible, vals, kv_of_head):
         n, n_heads, end = scores.shape
