@@ -205,14 +205,17 @@ class ByteTokenizer:
         return self.pieces[token]
 
 
-def sample_text(constraint, tokenizer, seed, n=200):
-    """Random logits through the constraint: every token ranked at random each step."""
+def sample_text(constraint, tokenizer, seed, n=200, spread=3.0, bias=None):
+    """Random logits through the constraint: every token ranked at random each step
+    (normal with sd `spread`, plus `bias` {token: added logit})."""
     rng = random.Random(seed)
     sampler = Sampler(SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.0,
                                      seed=seed))
     out = b""
     for _ in range(n):
-        logits = [rng.gauss(0, 3) for _ in range(tokenizer.n_vocab)]
+        logits = [rng.gauss(0, spread) for _ in range(tokenizer.n_vocab)]
+        for t, v in (bias or {}).items():
+            logits[t] += v
         t = constraint.sample(sampler, logits, [])
         if t in tokenizer.eog_ids:
             return out, True

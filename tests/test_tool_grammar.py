@@ -4,7 +4,6 @@ family's parser reads and whose arguments validate, and lazy decoding (tool_choi
 auto) stays free until a trigger, then holds the rest to the grammar."""
 
 import json
-import random
 
 import pytest
 
@@ -12,9 +11,8 @@ from runtime import tool_calls as tc
 from runtime.constraint import from_grammar
 from runtime.grammar import Automaton, Grammar
 from runtime.json_schema import validate
-from runtime.sampling import Sampler, SamplingParams
 from runtime.tool_grammar import LazyConstraint, builtin_tools, call_grammar
-from tests.test_grammar import ByteTokenizer
+from tests.test_grammar import ByteTokenizer, sample_text
 from tests.test_tool_calls import CASES, SPECIAL_TOOL, STRING_TOOL
 
 BUILTIN = ["brave_search"]
@@ -56,21 +54,7 @@ def test_grammar_accepts_the_reference_call_texts(fmt):
 
 
 def decode(constraint, tok, seed, n=400, bias=None):
-    rng = random.Random(seed)
-    sampler = Sampler(SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.0,
-                                     seed=seed))
-    out = b""
-    for _ in range(n):
-        logits = [rng.gauss(0, 2) for _ in range(tok.n_vocab)]
-        for t, v in (bias or {}).items():
-            logits[t] += v
-        t = constraint.sample(sampler, logits, [])
-        if t in tok.eog_ids:
-            return out, True
-        out += tok.token_to_piece(t)
-        if constraint.advance(t):
-            return out, True
-    return out, False
+    return sample_text(constraint, tok, seed, n=n, spread=2.0, bias=bias)
 
 
 @pytest.mark.parametrize("fmt", GRAMMAR_FORMATS)
