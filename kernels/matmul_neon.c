@@ -321,49 +321,6 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
 
 // ---------------------------------------------------------------- tiles
 
-// An output block of nr rows x nt tokens: tiles of 4 rows x TT tokens, then the
-// leftover tokens (short prompts, a few sequences decoding together) in one narrower
-// column of 4-row tiles, and the last nr % 4 rows one at a time. A single token also
-// takes 4 rows at a time: four weight streams, and the token's values loaded once.
-#define COLUMN(tile4, tile1, type, TN)                                                    \
-    do {                                                                                  \
-        int r = 0;                                                                        \
-        for (; r + 4 <= nr; r += 4) tile4(type, TN, k, w + r * ws, ws, xt, xs, yt + r, ldy); \
-        for (; r < nr; r++) tile1(type, TN, k, w + r * ws, xt, xs, yt + r, ldy);          \
-    } while (0)
-
-#define NEON_TILE(name, tile4, tile1, type, TT)                                           \
-    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,   \
-                     size_t xs, int nt, float *y, size_t ldy) {                           \
-        int t = 0;                                                                        \
-        for (; t + TT <= nt; t += TT) {                                                   \
-            const uint8_t *xt = x + t * xs;                                               \
-            float *yt = y + t * ldy;                                                      \
-            COLUMN(tile4, tile1, type, TT);                                               \
-        }                                                                                 \
-        const uint8_t *xt = x + t * xs;                                                   \
-        float *yt = y + t * ldy;                                                          \
-        switch (nt - t) {                                                                 \
-        case 7: if (7 < TT) COLUMN(tile4, tile1, type, 7); break;                         \
-        case 6: if (6 < TT) COLUMN(tile4, tile1, type, 6); break;                         \
-        case 5: if (5 < TT) COLUMN(tile4, tile1, type, 5); break;                         \
-        case 4: if (4 < TT) COLUMN(tile4, tile1, type, 4); break;                         \
-        case 3: if (3 < TT) COLUMN(tile4, tile1, type, 3); break;                         \
-        case 2: if (2 < TT) COLUMN(tile4, tile1, type, 2); break;                         \
-        case 1: if (1 < TT) COLUMN(tile4, tile1, type, 1); break;                         \
-        default: break;                                                                   \
-        }                                                                                 \
-    }
-
-AI void kq_tile4(const int type, const int T, int64_t k, const uint8_t *w, size_t ws,
-                 const uint8_t *x, size_t xs, float *y, size_t ldy) {
-    kq_tile(type, 4, T, k, w, ws, x, xs, y, ldy);
-}
-AI void kq_tile1(const int type, const int T, int64_t k, const uint8_t *w, const uint8_t *x,
-                 size_t xs, float *y, size_t ldy) {
-    kq_tile(type, 1, T, k, w, 0, x, xs, y, ldy);
-}
-
 #if defined(__ARM_FEATURE_MATMUL_INT8)
 // Pairs of tokens go through smmla; an odd one left over takes the dot products.
 AI void legacy_tile4_i8mm(const int type, const int T, int64_t k, const uint8_t *w, size_t ws,
@@ -375,6 +332,17 @@ AI void legacy_tile4_i8mm(const int type, const int T, int64_t k, const uint8_t 
 #else
 #define LEGACY_TILE4 legacy_tile4
 #endif
+
+// An output block of nr rows x nt tokens: tiles of 4 rows x TT tokens, the leftover
+// tokens in one narrower column of 4-row tiles, the last nr % 4 rows one at a time
+// (tiles.h's TILES_KEEPING_ROWS). A single token also takes 4 rows at a time: four
+// weight streams, and the token's values loaded once. legacy_tiles is the R-row form
+// tiles.h calls, over the 4-row and 1-row kernels (R is a compile-time constant).
+AI void legacy_tiles(const int type, const int R, const int T, int64_t k, const uint8_t *w,
+                     size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    if (R == 4) LEGACY_TILE4(type, T, k, w, ws, x, xs, y, ldy);
+    else legacy_tile(type, T, k, w, x, xs, y, ldy);
+}
 
 // Tiles of 4 rows x 8 tokens with the dot products, 4 x 4 with smmla (measured under
 // qemu only, Q4_1 1536 x 576 x 64 tokens, CPU time: dotprod 4 x 8 100.6 ms, 4 x 4
@@ -390,16 +358,16 @@ AI void legacy_tile4_i8mm(const int type, const int T, int64_t k, const uint8_t 
 #ifndef KQ_T
 #define KQ_T 4
 #endif
-NEON_TILE(tile_q4_0, LEGACY_TILE4, legacy_tile, LZ_Q4_0, LEGACY_T)
-NEON_TILE(tile_q4_1, LEGACY_TILE4, legacy_tile, LZ_Q4_1, LEGACY_T)
-NEON_TILE(tile_q5_0, LEGACY_TILE4, legacy_tile, LZ_Q5_0, LEGACY_T)
-NEON_TILE(tile_q5_1, LEGACY_TILE4, legacy_tile, LZ_Q5_1, LEGACY_T)
-NEON_TILE(tile_q8_0, LEGACY_TILE4, legacy_tile, LZ_Q8_0, LEGACY_T)
-NEON_TILE(tile_q2_k, kq_tile4, kq_tile1, LZ_Q2_K, KQ_T)
-NEON_TILE(tile_q3_k, kq_tile4, kq_tile1, LZ_Q3_K, KQ_T)
-NEON_TILE(tile_q4_k, kq_tile4, kq_tile1, LZ_Q4_K, KQ_T)
-NEON_TILE(tile_q5_k, kq_tile4, kq_tile1, LZ_Q5_K, KQ_T)
-NEON_TILE(tile_q6_k, kq_tile4, kq_tile1, LZ_Q6_K, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q4_0, legacy_tiles, LZ_Q4_0, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q4_1, legacy_tiles, LZ_Q4_1, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q5_0, legacy_tiles, LZ_Q5_0, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q5_1, legacy_tiles, LZ_Q5_1, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q8_0, legacy_tiles, LZ_Q8_0, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q2_k, kq_tile, LZ_Q2_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q3_k, kq_tile, LZ_Q3_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q4_k, kq_tile, LZ_Q4_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q5_k, kq_tile, LZ_Q5_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q6_k, kq_tile, LZ_Q6_K, 4, KQ_T)
 
 // The 4-row tiles keep the rows' minimums on the stack (4 x k/32 floats): rows longer
 // than 2^20 take the portable kernels (threads.c gives 4 MiB stacks).

@@ -217,39 +217,10 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
 
 // ---------------------------------------------------------------- tiles
 
-// An output block of nr rows x nt tokens: tiles of 4 rows x TT tokens, then the
-// leftover tokens (short prompts, a few sequences decoding together) in one narrower
-// column of 4-row tiles, and the last nr % 4 rows one at a time. A single token also
-// takes 4 rows at a time: its values are loaded once for the four rows.
-#define COLUMN(fn, type, TN)                                                              \
-    do {                                                                                  \
-        int r = 0;                                                                        \
-        for (; r + 4 <= nr; r += 4) fn(type, 4, TN, k, w + r * ws, ws, xt, xs, yt + r, ldy); \
-        for (; r < nr; r++) fn(type, 1, TN, k, w + r * ws, ws, xt, xs, yt + r, ldy);      \
-    } while (0)
-
-#define RVV_TILE(name, fn, type, TT)                                                      \
-    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,   \
-                     size_t xs, int nt, float *y, size_t ldy) {                           \
-        int t = 0;                                                                        \
-        for (; t + TT <= nt; t += TT) {                                                   \
-            const uint8_t *xt = x + t * xs;                                               \
-            float *yt = y + t * ldy;                                                      \
-            COLUMN(fn, type, TT);                                                         \
-        }                                                                                 \
-        const uint8_t *xt = x + t * xs;                                                   \
-        float *yt = y + t * ldy;                                                          \
-        switch (nt - t) {                                                                 \
-        case 7: if (7 < TT) COLUMN(fn, type, 7); break;                                   \
-        case 6: if (6 < TT) COLUMN(fn, type, 6); break;                                   \
-        case 5: if (5 < TT) COLUMN(fn, type, 5); break;                                   \
-        case 4: if (4 < TT) COLUMN(fn, type, 4); break;                                   \
-        case 3: if (3 < TT) COLUMN(fn, type, 3); break;                                   \
-        case 2: if (2 < TT) COLUMN(fn, type, 2); break;                                   \
-        case 1: if (1 < TT) COLUMN(fn, type, 1); break;                                   \
-        default: break;                                                                   \
-        }                                                                                 \
-    }
+// An output block of nr rows x nt tokens: tiles of 4 rows x TT tokens, the leftover
+// tokens in one narrower column of 4-row tiles, the last nr % 4 rows one at a time
+// (tiles.h's TILES_KEEPING_ROWS). A single token also takes 4 rows at a time: its
+// values are loaded once for the four rows.
 
 // Tiles of 4 rows x 8 tokens for the 32-blocks (measured under qemu only, VLEN 256,
 // Q4_1 1536 x 576 x 64 tokens, CPU time: 4 x 8 517 ms, 4 x 4 582 ms, main's 1 x 4
@@ -260,15 +231,15 @@ AI void kq_tile(const int type, const int R, const int T, int64_t k, const uint8
 #ifndef KQ_T
 #define KQ_T 4
 #endif
-RVV_TILE(tile_q4_0, legacy_tile, LZ_Q4_0, LEGACY_T)
-RVV_TILE(tile_q4_1, legacy_tile, LZ_Q4_1, LEGACY_T)
-RVV_TILE(tile_q5_0, legacy_tile, LZ_Q5_0, LEGACY_T)
-RVV_TILE(tile_q5_1, legacy_tile, LZ_Q5_1, LEGACY_T)
-RVV_TILE(tile_q8_0, legacy_tile, LZ_Q8_0, LEGACY_T)
-RVV_TILE(tile_q2_k, kq_tile, LZ_Q2_K, KQ_T)
-RVV_TILE(tile_q3_k, kq_tile, LZ_Q3_K, KQ_T)
-RVV_TILE(tile_q4_k, kq_tile, LZ_Q4_K, KQ_T)
-RVV_TILE(tile_q5_k, kq_tile, LZ_Q5_K, KQ_T)
-RVV_TILE(tile_q6_k, kq_tile, LZ_Q6_K, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q4_0, legacy_tile, LZ_Q4_0, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q4_1, legacy_tile, LZ_Q4_1, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q5_0, legacy_tile, LZ_Q5_0, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q5_1, legacy_tile, LZ_Q5_1, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q8_0, legacy_tile, LZ_Q8_0, 4, LEGACY_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q2_k, kq_tile, LZ_Q2_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q3_k, kq_tile, LZ_Q3_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q4_k, kq_tile, LZ_Q4_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q5_k, kq_tile, LZ_Q5_K, 4, KQ_T)
+DEFINE_TILE_KEEPING_ROWS(tile_q6_k, kq_tile, LZ_Q6_K, 4, KQ_T)
 
 void lz_init_rvv(lz_kernels *k) { REGISTER_QUANT_TILES(k, 0); }

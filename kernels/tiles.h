@@ -48,6 +48,33 @@
         TILES(fn, type, RR, TT);                                                              \
     }
 
+// Cover nr x nt with RR x TT tiles where the leftover tokens, a single one included,
+// keep RR-row tiles (one narrower column): for files whose RR-row kernel is also their
+// best matrix x vector (NEON, RVV: RR weight streams, the token's values loaded once
+// for all of them), unlike TILES, which streams single rows for the x86 prefetchers.
+#define TILES_KEEPING_ROWS(fn, type, RR, TT)                                                  \
+    do {                                                                                      \
+        int t = 0;                                                                            \
+        for (; t + TT <= nt; t += TT) ROW_TILES(fn, type, RR, TT);                           \
+        switch (nt - t) {   /* the guards drop the cases TT cannot reach at compile time */  \
+        case 7: if (7 < TT) ROW_TILES(fn, type, RR, 7); break;                               \
+        case 6: if (6 < TT) ROW_TILES(fn, type, RR, 6); break;                               \
+        case 5: if (5 < TT) ROW_TILES(fn, type, RR, 5); break;                               \
+        case 4: if (4 < TT) ROW_TILES(fn, type, RR, 4); break;                               \
+        case 3: if (3 < TT) ROW_TILES(fn, type, RR, 3); break;                               \
+        case 2: if (2 < TT) ROW_TILES(fn, type, RR, 2); break;                               \
+        case 1: if (1 < TT) ROW_TILES(fn, type, RR, 1); break;                               \
+        default: break;                                                                       \
+        }                                                                                     \
+    } while (0)
+
+// A kernel-table tile function covering nr x nt as TILES_KEEPING_ROWS does.
+#define DEFINE_TILE_KEEPING_ROWS(name, fn, type, RR, TT)                                      \
+    static void name(int64_t k, const uint8_t *w, size_t ws, int nr, const uint8_t *x,       \
+                     size_t xs, int nt, float *y, size_t ldy) {                               \
+        TILES_KEEPING_ROWS(fn, type, RR, TT);                                                 \
+    }
+
 // Register the including file's tile_q4_0 .. tile_q6_k (made with the macros above),
 // LEGACY_T / KQ_T tokens per call and 4 rows per call: a multiple of the tiles' rows,
 // so that a single token gets a 4-row matrix x vector kernel where the file has one.
