@@ -106,6 +106,27 @@ def template_thinks(template_source):
     return THINK_OPEN in (template_source or "")
 
 
+# Families whose plain replies are wrapped in markers of their own (Functionary v3.2's
+# `all\n` recipient, Command R7B's response and thinking blocks, GPT-OSS's channels),
+# and which split reasoning out with their own markers. llama-server parses their
+# replies with the family's parser whether or not the request has tools.
+CONTENT_WRAPPED = ("functionary_v3_2", "command_r7b", "gpt_oss")
+
+
+def reply_format(template_source, use_tools):
+    """The format a reply is parsed with: the template's family when tool calls may
+    come, else the family only where plain replies carry its markers."""
+    fmt = detect_format(template_source)
+    return fmt if use_tools or fmt in CONTENT_WRAPPED else "content"
+
+
+def reasons(template_source):
+    """Whether replies may carry reasoning to split out: <think> blocks, or a family
+    with reasoning markers of its own."""
+    return template_thinks(template_source) or detect_format(template_source) in (
+        "command_r7b", "gpt_oss")
+
+
 MARKERS = {
     "hermes": [HERMES_OPEN, HERMES_CLOSE], "llama3": [PYTHON_TAG],
     "mistral_nemo": [MISTRAL_CALLS],
@@ -375,10 +396,13 @@ class OutputParser:
     `reasoning_format`: "none" leaves <think> blocks in the content.
     `thinking_forced_open`: the prompt ended inside <think>, so the reply starts
     with reasoning.
+    `calls`: False when the request offered no tools (or tool_choice none): the
+    family's markers around plain content and reasoning are still read, as
+    llama-server does, but nothing becomes a tool call.
     """
 
     def __init__(self, fmt="content", reasoning_format="deepseek", thinking_forced_open=False,
-                 tools=()):
+                 tools=(), calls=True):
         if fmt not in FORMATS:
             raise ValueError(f"unknown tool-call format {fmt!r}")
         self.fmt = fmt
@@ -388,6 +412,7 @@ class OutputParser:
                        for t in tools}
         self.reasoning = reasoning_format != "none"
         self.forced_open = thinking_forced_open and self.reasoning
+        self.calls = calls
 
     def parse(self, text, partial=False):
         msg = Message()
@@ -634,6 +659,13 @@ class OutputParser:
             pos = end_tag + len(FUNCTION_CLOSE)
 
     def _parse_functionary_v3_2(self, text, partial, msg):
+        if not self.calls:
+            # no tools: the reply is `all\n` and its content to the end, >>> included
+            head = "all\n"
+            if partial and head.startswith(text):
+                return
+            self._content(msg, text[len(head):] if text.startswith(head) else text, partial)
+            return
         segments = text.split(RECIPIENT)
         for i, seg in enumerate(segments):
             last = i == len(segments) - 1
@@ -682,9 +714,10 @@ class OutputParser:
             msg.content = text[:len(text) - len(rest)]
             msg.reasoning_content = ""
         open_r, close_r = CR_RESPONSE
-        start, mark = _find_first(rest, [open_r, CR_ACTION[0]])
+        opens = [open_r, CR_ACTION[0]] if self.calls else [open_r]
+        start, mark = _find_first(rest, opens)
         if start < 0:
-            self._content(msg, rest, partial, [open_r, CR_ACTION[0]])
+            self._content(msg, rest, partial, opens)
             return
         if mark == open_r:
             body = rest[start + len(open_r):]
@@ -751,7 +784,9 @@ class OutputParser:
             body = text[start:] if end < 0 else text[start:end]
             if end < 0 and partial:
                 body = body[:len(body) - partial_stop_suffix(body, list(OSS_ENDS) + [OSS_START])]
-            if recipient and recipient.startswith("functions."):
+            if recipient and recipient.startswith("functions.") and not self.calls:
+                msg.content += body         # no tools offered: the model's words as they are
+            elif recipient and recipient.startswith("functions."):
                 first = len(body) - len(body.lstrip())
                 if body.strip():
                     msg.tool_calls.append(ToolCall(recipient[len("functions."):],
@@ -953,10 +988,10 @@ def _grown(old, new):
 
 
 def parse_reply(text, fmt="content", reasoning_format="deepseek", thinking_forced_open=False,
-                tools=()):
+                tools=(), calls=True):
     """The message of a complete reply, with ids for its tool calls."""
     return StreamParser(OutputParser(fmt, reasoning_format, thinking_forced_open,
-                                     tools)).parse_all(text)
+                                     tools, calls)).parse_all(text)
 
 
 # ---------------------------------------------------------------- prompts and schemas

@@ -271,3 +271,34 @@ def test_hermes_auto_call_is_held_to_the_schema(qwen_template_server):
             assert_valid_call(call)
             calls += 1
     assert calls >= 2
+
+
+# ---------------------------------------------------------------- families without tools
+
+@pytest.mark.parametrize("template_name,reply", [
+    ("meetkai-functionary-medium-v3.2.jinja", "all\nHello there"),
+    ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
+     "<|START_RESPONSE|>Hello there<|END_RESPONSE|>"),
+])
+def test_plain_reply_of_a_wrapping_family(template_name, reply):
+    """A request with no tools under a template whose plain replies carry markers
+    (Functionary v3.2's `all\\n` recipient, Command R7B's response block): the reply is
+    read in the family's format, as llama-server reads it, so the content is the words
+    alone, streamed and not. A grammar makes the model write exactly `reply`."""
+    from tests import llama_cpp_sdist
+    path = os.path.join(llama_cpp_sdist.require("models/templates"), template_name)
+    srv = ServerProcess(smollm2(), "-c", "1024", "--chat-template-file", path)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0,
+                               timeout=300)
+        kwargs = dict(model="m", messages=[{"role": "user", "content": "Say hello."}],
+                      max_tokens=40, temperature=0,
+                      extra_body={"grammar": "root ::= " + json.dumps(reply)})
+        message = client.chat.completions.create(**kwargs).choices[0].message
+        assert message.content == "Hello there" and not message.tool_calls
+        streamed = "".join(chunk.choices[0].delta.content or ""
+                           for chunk in client.chat.completions.create(stream=True, **kwargs)
+                           if chunk.choices)
+        assert streamed == "Hello there"
+    finally:
+        assert srv.stop() == 0, "".join(srv.log)

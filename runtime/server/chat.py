@@ -260,7 +260,7 @@ class ChatRequest:
             raise ApiError(400, f"reasoning_format must be one of "
                                 f"{', '.join(REASONING_NAMES)}", param="reasoning_format")
         reasoning = REASONING_NAMES[reasoning]
-        if not tc.template_thinks(source):
+        if not tc.reasons(source):
             reasoning = "none"
 
         rendered = _polyfill(messages, caps, self.fmt, self.tools, self.tool_choice,
@@ -277,7 +277,11 @@ class ChatRequest:
         self.prompt_text = prompt.text(app.chat_format)
         self.prompt_tokens = conversation.text_tokens(self.prompt_text)
         forced_open = self.prompt_text.rstrip().endswith(tc.THINK_OPEN)
-        self.parser = tc.OutputParser(self.fmt, reasoning, forced_open, self.tools)
+        # Without tools the reply is still read in the family's format where plain
+        # replies carry its markers (Functionary v3.2's `all\n`, Command R7B's blocks).
+        self.reply_fmt = tc.reply_format(source, use_tools)
+        self.parser = tc.OutputParser(self.reply_fmt, reasoning, forced_open,
+                                      self.tools if use_tools else (), calls=use_tools)
         self._thinking = ("forced" if forced_open else
                           "maybe" if tc.template_thinks(source) else None)
 
@@ -302,7 +306,7 @@ class ChatRequest:
         else:
             self.constraint = self.make_constraint()
         self.shown_tokens = set()
-        for marker in tc.markers(self.fmt):
+        for marker in tc.markers(self.reply_fmt):
             ids = tokenizer.encode(marker, add_special=False, parse_special=True)
             if len(ids) == 1 and tokenizer.is_control(ids[0]):
                 self.shown_tokens.add(ids[0])
