@@ -8,6 +8,11 @@ Everything after `--` goes to both programs unchanged (llama-bench's flags: -p, 
 busy host slows both alike; the table reports each side's median over the rounds
 and the ratio. `--busy` pins a spinning process on CPU 0 for the whole run (the
 one-core-busy measure). `--rss` adds each side's peak RSS (from wait4) per test row.
+`--ceiling` also measures the read-bandwidth ceiling (bench/bandwidth.py, the -t
+thread count, 1 GiB, 4 streams) once per round between the engines, and gives each
+generation row both sides' read rate: the bytes a token reads (every weight but the
+token embedding, whose one row per token is negligible, unless the output reuses it)
+times tokens/s, and that as a share of the ceiling's median.
 Models: paths, or `--shape NAME:TYPE,...` made by bench/shapes.py (cached).
 """
 
@@ -66,6 +71,21 @@ def theirs(binary, model, flags):
     return {key(t): t["avg_ts"] for t in json.loads(out.stdout)}
 
 
+def bytes_per_token(model):
+    """Weight bytes one generated token reads."""
+    from runtime.gguf import GGUFFile
+    g = GGUFFile.open(model)
+    tied = "output.weight" not in g.tensors
+    return sum(t.nbytes for name, t in g.tensors.items()
+               if name != "token_embd.weight" or tied)
+
+
+def ceiling(threads):
+    """Median GB/s of 10 passes over 1 GiB with `threads` threads (bench/bandwidth.py)."""
+    import bandwidth
+    return bandwidth.measure(bandwidth.compile_bandwidth(), 1024, threads, 4, 10)[1]
+
+
 def busy_core():
     """A process spinning on CPU 0 until we stop it."""
     return subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
@@ -84,6 +104,8 @@ def main():
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH", PEER_BENCH))
     ap.add_argument("--busy", action="store_true", help="keep CPU 0 busy with a spinning process")
     ap.add_argument("--rss", action="store_true", help="peak RSS of each side (one more run each)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="measure the read-bandwidth ceiling each round; GB/s per tg row")
     ap.add_argument("--save", metavar="FILE.json", help="also write every run's figures here")
     args = ap.parse_args(argv)
     models = list(args.model)
@@ -99,9 +121,13 @@ def main():
     try:
         ours_runs = {m: [] for m in models}
         theirs_runs = {m: [] for m in models}
+        ceilings = []
+        threads = int(flags[flags.index("-t") + 1].split(",")[0]) if "-t" in flags else 1
         for r in range(args.rounds):
             for m in models:
                 ours_runs[m].append(ours(m, flags))
+                if args.ceiling:
+                    ceilings.append(ceiling(threads))
                 theirs_runs[m].append(theirs(args.llama_bench, m, flags))
                 print(f"round {r + 1}/{args.rounds} {os.path.basename(m)}", file=sys.stderr)
         rss = {}
@@ -118,17 +144,34 @@ def main():
             json.dump({m: {"llamazip": [{test_name(k): v for k, v in run.items()} for run in ours_runs[m]],
                            "llama.cpp": [{test_name(k): v for k, v in run.items()} for run in theirs_runs[m]],
                            "peak_rss": rss.get(m)} for m in models}, f, indent=1)
+    if args.ceiling:
+        ceiling_gbs = statistics.median(ceilings)
+        print(f"read-bandwidth ceiling, {threads} threads: median {ceiling_gbs:.1f} GB/s "
+              f"(rounds: {', '.join(f'{c:.1f}' for c in ceilings)}); "
+              f"load average {os.getloadavg()[0]:.2f}")
     head = "| model | test | llamazip t/s | llama.cpp t/s | ratio |"
+    rule = "| --- | --- | ---: | ---: | ---: |"
+    if args.ceiling:
+        head += " GB/s llamazip / llama.cpp | of ceiling |"
+        rule += " ---: | ---: |"
     if args.rss:
         head += " peak RSS llamazip / llama.cpp |"
+        rule += " ---: |"
     print(head)
-    print("| --- | --- | ---: | ---: | ---: |" + (" ---: |" if args.rss else ""))
+    print(rule)
     for m in models:
         for k in ours_runs[m][0]:
             a = statistics.median(run[k] for run in ours_runs[m])
             b = statistics.median(run[k] for run in theirs_runs[m] if k in run) \
                 if all(k in run for run in theirs_runs[m]) else float("nan")
             line = f"| {os.path.basename(m)} | {test_name(k)} | {a:.2f} | {b:.2f} | {a / b:.2f}x |"
+            if args.ceiling:
+                if k[0] == 0 and k[2] == 0:     # generation at depth 0: weights dominate
+                    gb = bytes_per_token(m) / 1e9
+                    line += (f" {a * gb:.1f} / {b * gb:.1f} | {a * gb / ceiling_gbs:.0%} / "
+                             f"{b * gb / ceiling_gbs:.0%} |")
+                else:
+                    line += " | |"
             if args.rss:
                 mine, peer = rss[m]
                 line += f" {mine / 2**20:.0f} / {peer / 2**20:.0f} MiB ({mine / peer:.2f}x) |"
